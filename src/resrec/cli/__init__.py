@@ -1,0 +1,14 @@
+"""The ``resrec`` command line: one module per group of commands.
+
+Commands only parse options, call a plain library function and format its
+result; user mistakes end with a one-line error, a hint and exit status 1.
+"""
+
+from __future__ import annotations
+
+from resrec.cli import compare as _compare  # noqa: F401
+from resrec.cli import data as _data  # noqa: F401  (registers commands)
+from resrec.cli import train as _train  # noqa: F401
+from resrec.cli.app import app, main
+
+__all__ = ["app", "main"]

@@ -1,0 +1,160 @@
+"""``resrec compare`` (models side by side on the same splits) and ``resrec tune``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from resrec.cli.app import app
+from resrec.cli.common import RatingsOptions, load_ratings_from_options
+from resrec.cli.train import resolve_config
+from resrec.compare import MODEL_KINDS, compare
+from resrec.config import PRESETS
+from resrec.data.ratings import Ratings
+
+log = logging.getLogger("resrec.cli")
+
+Opt = typer.Option
+
+RatingsPath = Annotated[Path | None, Opt("--ratings", help="Ratings file to use.")]
+Dataset = Annotated[
+    str | None, Opt("--dataset", help="A MovieLens release to download and use, e.g. ml-100k.")
+]
+Layout = Annotated[str, Opt(help="File layout, or 'auto' to detect it.")]
+Sep = Annotated[str | None, Opt(help="Field separator of a 'delimited' file.")]
+Header = Annotated[
+    bool | None, Opt("--header/--no-header", help="Whether the file starts with a header.")
+]
+Columns = Annotated[str | None, Opt(help="Roles of a delimited file's fields.")]
+Scale = Annotated[str | None, Opt(help="Rating scale LOW:HIGH:STEP (default: detected).")]
+Duplicates = Annotated[str, Opt(help="A pair rated twice: 'error', 'last' or 'mean'.")]
+PresetName = Annotated[str, Opt("--preset", help=f"Named hyperparameters: {', '.join(PRESETS)}.")]
+ConfigFile = Annotated[
+    Path | None, Opt("--config", help="JSON file of config fields (e.g. from 'resrec tune').")
+]
+Epochs = Annotated[int | None, Opt(help="Override the preset's epochs.")]
+Threads = Annotated[int | None, Opt(help="CPU threads (0: automatic).")]
+
+
+@app.command("compare")
+def compare_command(
+    ratings: RatingsPath = None,
+    dataset: Dataset = None,
+    layout: Layout = "auto",
+    sep: Sep = None,
+    header: Header = None,
+    columns: Columns = None,
+    scale: Scale = None,
+    duplicates: Duplicates = "error",
+    models: Annotated[
+        str, Opt(help=f"Comma-separated models from: {', '.join(MODEL_KINDS)}.")
+    ] = ",".join(MODEL_KINDS),
+    repeats: Annotated[int, Opt(help="Seeded splits to average over (seed, seed+1, ...).")] = 1,
+    seed: Annotated[int, Opt(help="Seed of the first split.")] = 0,
+    preset_name: PresetName = "accurate",
+    config_file: ConfigFile = None,
+    epochs: Epochs = None,
+    threads: Threads = None,
+    k: Annotated[int, Opt("--k", help="Length of the top list of the ranking metrics.")] = 10,
+    threshold: Annotated[
+        float, Opt(help="A test rating at or above it counts as relevant.")
+    ] = 4.0,
+    coverage_users: Annotated[
+        int | None, Opt(help="Users sampled for catalogue coverage (default: all).")
+    ] = None,
+    out: Annotated[Path | None, Opt(help="Folder for the tables and the plot.")] = None,
+    save_runs: Annotated[bool, Opt(help="Also write every run directory under OUT/runs.")] = False,
+) -> None:
+    """Train several models on the same seeded splits; write a table and an RMSE plot."""
+    config = resolve_config(preset_name, config_file, {"epochs": epochs, "threads": threads})
+    table = _read(ratings, dataset, layout, sep, header, columns, scale, duplicates)
+    chosen = [m.strip() for m in models.split(",") if m.strip()]
+    out = out or Path("runs") / f"compare-{_stamp()}"
+
+    result = compare(
+        table,
+        chosen,
+        repeats=repeats,
+        seed=seed,
+        config=config,
+        k=k,
+        threshold=threshold,
+        coverage_users=coverage_users,
+        out_dir=out,
+        save_runs=save_runs,
+        on_run=_echo_run,
+    )
+    typer.echo(result.files["table_md"].read_text())
+    typer.echo(f"tables, curves and plot written to {out}")
+
+
+@app.command("tune")
+def tune_command(
+    ratings: RatingsPath = None,
+    dataset: Dataset = None,
+    layout: Layout = "auto",
+    sep: Sep = None,
+    header: Header = None,
+    columns: Columns = None,
+    scale: Scale = None,
+    duplicates: Duplicates = "error",
+    model: Annotated[str, Opt(help="Model to tune: residual, mf or deep.")] = "residual",
+    preset_name: PresetName = "accurate",
+    config_file: ConfigFile = None,
+    trials: Annotated[int, Opt(help="Number of trials.")] = 20,
+    timeout: Annotated[float | None, Opt(help="Stop starting trials after this many s.")] = None,
+    seed: Annotated[int, Opt(help="Seed of the sampler.")] = 0,
+    epochs: Epochs = None,
+    threads: Threads = None,
+    out: Annotated[Path, Opt(help="JSON file for the best config.")] = Path("best-config.json"),
+) -> None:
+    """Search hyperparameters on validation RMSE (needs Optuna) and write the best config."""
+    from resrec.tune import tune
+
+    overrides: dict[str, Any] = {"model": model, "epochs": epochs, "threads": threads}
+    config = resolve_config(preset_name, config_file, overrides)
+    table = _read(ratings, dataset, layout, sep, header, columns, scale, duplicates)
+
+    result = tune(table, config=config, trials=trials, timeout=timeout, seed=seed, out=out)
+    typer.echo(
+        f"best validation RMSE {result.best_valid_rmse:.4f} after {len(result.trials)} trials "
+        f"({result.seconds:.0f}s); the test split was not scored"
+    )
+    typer.echo(f"config written to {out}; use it with: resrec train --config {out}")
+
+
+def _read(
+    ratings: Path | None,
+    dataset: str | None,
+    layout: str,
+    sep: str | None,
+    header: bool | None,
+    columns: str | None,
+    scale: str | None,
+    duplicates: str,
+) -> Ratings:
+    options = RatingsOptions(ratings, dataset, layout, sep, header, columns, scale, duplicates)
+    table = load_ratings_from_options(options)
+    typer.echo(
+        f"read {len(table):,} ratings of {table.n_users:,} users and {table.n_movies:,} movies "
+        f"from {table.source}",
+        err=True,
+    )
+    return table
+
+
+def _echo_run(row: dict[str, Any]) -> None:
+    typer.echo(
+        f"{row['model']:>12} seed {row['seed']}: test RMSE {row['test_rmse']:.4f}  "
+        f"MAE {row['test_mae']:.4f}  NDCG {row['ndcg']:.4f}  best epoch {row['best_epoch']}  "
+        f"{row['train_seconds']:.1f}s",
+        err=True,
+    )
+
+
+def _stamp() -> str:
+    return dt.datetime.now().strftime("%Y%m%d-%H%M%S")

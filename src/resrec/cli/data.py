@@ -1,0 +1,43 @@
+"""``resrec download`` and ``resrec synth``: getting ratings to train on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from resrec.cli.app import app
+
+Opt = typer.Option
+
+
+@app.command()
+def download(
+    name: Annotated[str, typer.Argument(help="Release: ml-100k, ml-1m, ml-10m, ml-20m, ...")],
+    cache_dir: Annotated[Path | None, Opt(help="Where releases are kept.")] = None,
+) -> None:
+    """Download a MovieLens release from GroupLens, verify its checksum and unpack it."""
+    from resrec.data.download import download as fetch
+    from resrec.data.download import release_ratings_path
+
+    folder = fetch(name, cache_dir=cache_dir, progress=True)
+    typer.echo(f"{name}: {folder}")
+    typer.echo(f"ratings: {release_ratings_path(folder, name)}")
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, Opt(help="Folder to write ratings.csv and movies.csv into.")],
+    users: Annotated[int, Opt(help="Number of users.")] = 138_493,
+    movies: Annotated[int, Opt(help="Number of movies.")] = 26_744,
+    ratings: Annotated[int, Opt(help="Number of ratings.")] = 20_000_263,
+    seed: Annotated[int, Opt(help="Random seed.")] = 0,
+) -> None:
+    """Write a synthetic, MovieLens-shaped ratings.csv (defaults: the size of ML-20M)."""
+    from resrec.data.synth import write_synthetic_csv
+
+    path = write_synthetic_csv(
+        out / "ratings.csv", n_users=users, n_movies=movies, n_ratings=ratings, seed=seed
+    )
+    typer.echo(f"wrote {ratings:,} synthetic ratings to {path}")

@@ -1,0 +1,417 @@
+"""``resrec train``: read ratings, train a preset, write a run directory.
+
+The run is written into ``OUT.partial/`` while it trains, with a checkpoint
+after every epoch, and renamed to ``OUT`` when complete; ``--resume OUT``
+continues an interrupted training. ``--nproc N`` (or a ``torchrun`` launch)
+trains data-parallel over N processes; only rank 0 reads the run's files,
+writes them and prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from tqdm import tqdm
+
+from resrec.cli.app import app
+from resrec.cli.common import RatingsOptions, load_ratings_from_options
+from resrec.config import PRESETS, TrainConfig, load_config_file, preset
+from resrec.data.ratings import Ratings
+from resrec.errors import ConfigError, DivergenceError, ResrecError
+from resrec.run import StagedRun, run_info
+from resrec.train import distributed
+from resrec.train.checkpoint import Checkpointer, load_checkpoint
+from resrec.train.distributed import Process
+from resrec.train.trainer import ProgressCallback
+from resrec.workflow import data_info, fit
+
+log = logging.getLogger("resrec.cli")
+
+Opt = typer.Option
+
+
+@app.command()
+def train(
+    ratings: Annotated[Path | None, Opt("--ratings", help="Ratings file to train on.")] = None,
+    dataset: Annotated[
+        str | None, Opt("--dataset", help="A MovieLens release to download and use, e.g. ml-20m.")
+    ] = None,
+    layout: Annotated[str, Opt(help="File layout, or 'auto' to detect it.")] = "auto",
+    sep: Annotated[str | None, Opt(help="Field separator of a 'delimited' file.")] = None,
+    header: Annotated[
+        bool | None, Opt("--header/--no-header", help="Whether the file starts with a header.")
+    ] = None,
+    columns: Annotated[
+        str | None,
+        Opt(help="Roles of a delimited file's fields, e.g. 'user_id,movie_id,rating,-'."),
+    ] = None,
+    scale: Annotated[
+        str | None, Opt(help="Rating scale LOW:HIGH:STEP, e.g. 0.5:5:0.5 (default: detected).")
+    ] = None,
+    duplicates: Annotated[
+        str, Opt(help="A (user, movie) pair rated twice: 'error', 'last' or 'mean'.")
+    ] = "error",
+    preset_name: Annotated[
+        str, Opt("--preset", help=f"Named hyperparameters: {', '.join(PRESETS)}.")
+    ] = "tutorial",
+    config_file: Annotated[
+        Path | None, Opt("--config", help="JSON file of config fields (e.g. from 'resrec tune').")
+    ] = None,
+    out: Annotated[Path | None, Opt(help="Run directory to write (default runs/NAME).")] = None,
+    overwrite: Annotated[bool, Opt(help="Replace an existing run directory.")] = False,
+    progress: Annotated[
+        bool | None, Opt("--progress/--no-progress", help="Progress bar (default: on a terminal).")
+    ] = None,
+    model: Annotated[str | None, Opt(help="residual, mf or deep.")] = None,
+    embedding_dim: Annotated[int | None, Opt(help="K, the latent size.")] = None,
+    hidden: Annotated[str | None, Opt(help="Side-branch widths, e.g. '400' or '256,64'.")] = None,
+    activation: Annotated[str | None, Opt(help="elu, relu, tanh, gelu or identity.")] = None,
+    dropout: Annotated[float | None, Opt(help="Dropout in the side branch.")] = None,
+    batch_norm: Annotated[bool | None, Opt("--batch-norm/--no-batch-norm")] = None,
+    optimizer: Annotated[str | None, Opt(help="sgd, adam or adagrad.")] = None,
+    lr: Annotated[float | None, Opt(help="Learning rate.")] = None,
+    momentum: Annotated[float | None, Opt(help="SGD momentum.")] = None,
+    l2: Annotated[float | None, Opt(help="L2 penalty on each batch's embedding rows.")] = None,
+    l2_dense: Annotated[float | None, Opt(help="Weight decay on the side branch.")] = None,
+    schedule: Annotated[
+        str | None, Opt(help="Learning-rate schedule: constant, step, cosine.")
+    ] = None,
+    batch_size: Annotated[int | None, Opt(help="Ratings per step.")] = None,
+    epochs: Annotated[int | None, Opt(help="Passes over the training split.")] = None,
+    early_stopping: Annotated[
+        int | None, Opt(help="Stop after this many epochs without validation gain.")
+    ] = None,
+    test_fraction: Annotated[float | None, Opt(help="Share of ratings held out for test.")] = None,
+    valid_fraction: Annotated[
+        float | None, Opt(help="Share of ratings carved from train for validation.")
+    ] = None,
+    seed: Annotated[
+        int | None, Opt(help="Seed of the split, the initial weights and batches.")
+    ] = None,
+    threads: Annotated[int | None, Opt(help="CPU threads (0: automatic).")] = None,
+    device: Annotated[str | None, Opt(help="auto, cpu or cuda.")] = None,
+    resume: Annotated[
+        Path | None,
+        Opt(
+            help="Continue the interrupted training of run NAME (or NAME.partial) from its "
+            "last checkpoint; options given with it override its config."
+        ),
+    ] = None,
+    nproc: Annotated[
+        int, Opt(min=1, help="Train data-parallel with N processes on this machine.")
+    ] = 1,
+) -> None:
+    """Train a model and write a run directory (config, history, metrics, plots, weights)."""
+    if nproc > 1 and not distributed.launched():
+        command = distributed.rank_command(_command_line(click.get_current_context()))
+        raise typer.Exit(distributed.launch_local(command, nproc))
+
+    overrides: dict[str, Any] = {
+        "model": model,
+        "embedding_dim": embedding_dim,
+        "hidden": _widths(hidden),
+        "activation": activation,
+        "dropout": dropout,
+        "batch_norm": batch_norm,
+        "optimizer": optimizer,
+        "lr": lr,
+        "momentum": momentum,
+        "l2": l2,
+        "l2_dense": l2_dense,
+        "schedule": schedule,
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "early_stopping": early_stopping,
+        "test_fraction": test_fraction,
+        "valid_fraction": valid_fraction,
+        "seed": seed,
+        "threads": threads,
+        "device": device,
+    }
+    options = RatingsOptions(
+        ratings=ratings,
+        dataset=dataset,
+        layout=layout,
+        sep=sep,
+        header=header,
+        columns=columns,
+        scale=scale,
+        duplicates=duplicates,
+    )
+    process = distributed.init_process_group() if distributed.launched() else None
+    if process is not None and not process.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        if resume is not None:
+            if out is not None:
+                raise ConfigError("give either --resume NAME or --out NAME, not both")
+            job = _resume_job(resume, overrides, options if ratings or dataset else None)
+        else:
+            job = _new_job(preset_name, config_file, overrides, options, out, overwrite)
+        show_bar = sys.stderr.isatty() if progress is None else progress
+        _run(job, process, overwrite=overwrite, show_bar=show_bar)
+    except distributed.PeerFailed:
+        raise typer.Exit(1) from None  # rank 0 reports the error
+    finally:
+        distributed.shutdown()
+
+
+@dataclasses.dataclass
+class _Job:
+    """What every rank needs to know to train: the config, the data and where to write."""
+
+    config: TrainConfig
+    options: RatingsOptions
+    preset: str
+    target: Path
+    staging: Path
+    sha256: str | None = None  # of the ratings file, when resuming
+    checkpoint: dict[str, Any] | None = None
+    fresh: bool = True
+
+
+def _new_job(
+    preset_name: str,
+    config_file: Path | None,
+    overrides: dict[str, Any],
+    options: RatingsOptions,
+    out: Path | None,
+    overwrite: bool,
+) -> Callable[[], _Job]:
+    def open_run() -> _Job:
+        config = resolve_config(preset_name, config_file, overrides)
+        target = out or Path("runs") / _default_name(options, preset_name)
+        staged = StagedRun.create(target, overwrite=overwrite)  # fails early when unwritable
+        return _Job(config, _absolute(options), preset_name, staged.target, staged.staging)
+
+    return open_run
+
+
+def _resume_job(
+    path: Path, overrides: dict[str, Any], options: RatingsOptions | None
+) -> Callable[[], _Job]:
+    def reopen_run() -> _Job:
+        staged = StagedRun.reopen(path)
+        info = staged.read_info()
+        config = TrainConfig.from_dict(info["config"])
+        config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
+        data = info["data"]
+        checkpoint = load_checkpoint(staged.checkpoint) if staged.has_checkpoint() else None
+        return _Job(
+            config=config,
+            options=options or _options_from(data["read_options"]),
+            preset=str(data.get("preset", "")),
+            target=staged.target,
+            staging=staged.staging,
+            sha256=data.get("sha256"),
+            checkpoint=checkpoint,
+            fresh=False,
+        )
+
+    return reopen_run
+
+
+def _run(
+    open_job: Callable[[], _Job], process: Process | None, *, overwrite: bool, show_bar: bool
+) -> None:
+    main = process is None or process.is_main
+    job = distributed.on_main(open_job, process)
+    staged = StagedRun(job.target, job.staging)
+    try:
+        distributed.check_device(job.config.device, process)
+        table = load_ratings_from_options(job.options)
+        data = _data_info(table, job)
+        if main:
+            typer.echo(f"read {_describe(table)}", err=True)
+            if job.fresh:
+                staged.write_info(run_info(job.config, data))
+        checkpointer = Checkpointer(
+            staged.staging,
+            info={"config": job.config.to_dict(), "split_seed": job.config.seed, "data": data},
+            rank=0 if process is None else process.rank,
+            gather_rng=None if process is None else lambda s: distributed.gather(s, process),
+        )
+        result = fit(
+            table,
+            job.config,
+            on_epoch=_log_epoch if main else None,
+            progress=_progress_bar if show_bar and main else None,
+            checkpointer=checkpointer,
+            resume=job.checkpoint,
+            process=process,
+        )
+    except BaseException as exc:
+        if main:
+            _after_failure(exc, staged, job)
+        elif isinstance(exc, ResrecError) and process is not None:
+            exc.message = f"rank {process.rank}: {exc.message}"
+        if isinstance(exc, KeyboardInterrupt):
+            raise typer.Exit(130) from None
+        raise
+    if main:
+        result.data = data
+        path = staged.finish(result, overwrite=overwrite)
+        _echo_summary(result.metrics, path)
+
+
+def _data_info(table: Ratings, job: _Job) -> dict[str, Any]:
+    """The data part of config.json, with what resuming needs to read the file again."""
+    if job.sha256 and table.sha256 and job.sha256 != table.sha256:
+        raise ConfigError(
+            f"the ratings file {table.source} changed since the run started "
+            f"(sha256 {table.sha256[:12]}..., recorded {job.sha256[:12]}...)",
+            hint="resume with the file the run was trained on (--ratings PATH)",
+        )
+    data = data_info(table)
+    data["preset"] = job.preset
+    data["read_options"] = {
+        k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(job.options).items()
+    }
+    return data
+
+
+def _after_failure(exc: BaseException, staged: StagedRun, job: _Job) -> None:
+    """Keep the last checkpoint and say how to continue; discard a run with none."""
+    if not staged.has_checkpoint():
+        if job.fresh:
+            staged.discard()
+        if isinstance(exc, KeyboardInterrupt):
+            typer.echo("interrupted before the first epoch ended; nothing was kept", err=True)
+        return
+    how = f"resrec train --resume {job.target}"
+    if isinstance(exc, DivergenceError):
+        exc.hint = (
+            f"{exc.hint}; the last good checkpoint is kept in {staged.staging}: continue with "
+            f"'{how} --lr SMALLER'"
+        )
+    elif isinstance(exc, ResrecError) and "--resume" not in (exc.hint or ""):
+        exc.hint = f"{exc.hint + '; ' if exc.hint else ''}the last checkpoint is kept in " + (
+            f"{staged.staging}: continue with '{how}'"
+        )
+    elif isinstance(exc, KeyboardInterrupt):
+        typer.echo(f"interrupted; the last checkpoint is kept: continue with '{how}'", err=True)
+
+
+def _options_from(saved: dict[str, Any]) -> RatingsOptions:
+    ratings = saved.get("ratings")
+    return RatingsOptions(**{**saved, "ratings": None if ratings is None else Path(ratings)})
+
+
+def _absolute(options: RatingsOptions) -> RatingsOptions:
+    """``options`` with the ratings path made absolute, so a resume works from anywhere."""
+    if options.ratings is None:
+        return options
+    return dataclasses.replace(options, ratings=options.ratings.absolute())
+
+
+def _describe(table: Ratings) -> str:
+    return (
+        f"{len(table):,} ratings of {table.n_users:,} users and {table.n_movies:,} movies "
+        f"from {table.source} ({table.layout}, ratings {table.scale.describe()})"
+    )
+
+
+def _command_line(ctx: click.Context) -> list[str]:
+    """The arguments that repeat this ``train`` invocation, without ``--nproc``.
+
+    Rebuilt from the parsed options (not from ``sys.argv``), so it also works
+    when the command runs inside another program.
+    """
+    args: list[str] = []
+    if ctx.parent is not None:
+        args += _options_given(ctx.parent)
+    return [*args, ctx.info_name or "train", *_options_given(ctx, skip=("nproc",))]
+
+
+def _options_given(ctx: click.Context, skip: tuple[str, ...] = ()) -> list[str]:
+    args: list[str] = []
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or param.name in skip:
+            continue
+        value = ctx.params.get(param.name or "")
+        if value is None or value == param.default:
+            continue
+        if param.is_flag:
+            if value:
+                args.append(param.opts[0])
+            elif param.secondary_opts:
+                args.append(param.secondary_opts[0])
+        else:
+            args += [param.opts[0], str(value)]
+    return args
+
+
+def resolve_config(
+    preset_name: str, config_file: Path | None, overrides: dict[str, Any]
+) -> TrainConfig:
+    """Preset, then the config file, then the options given on the command line."""
+    config = preset(preset_name)
+    if config_file is not None:
+        config = config.replace(**load_config_file(config_file))
+    return config.replace(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _widths(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        from resrec.errors import ConfigError
+
+        raise ConfigError(f"--hidden must be comma-separated integers; got {text!r}") from None
+
+
+def _default_name(options: RatingsOptions, preset_name: str) -> str:
+    source = options.dataset or (options.ratings.parent.name if options.ratings else "data")
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{source}-{preset_name}-{stamp}"
+
+
+def _log_epoch(record: dict[str, float]) -> None:
+    parts = [f"epoch {int(record['epoch'])}"]
+    for key in ("train_loss", "valid_rmse", "test_loss", "test_rmse"):
+        if key in record:
+            parts.append(f"{key} {record[key]:.4f}")
+    parts.append(f"{record['elapsed_seconds']:.1f}s")
+    log.info("  ".join(parts))
+
+
+def _progress_bar(epoch: int) -> ProgressCallback:
+    bar = tqdm(desc=f"epoch {epoch}", unit="batch", leave=False, file=sys.stderr)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def _echo_summary(metrics: dict[str, Any], path: Path) -> None:
+    test = metrics.get("test")
+    if test:
+        typer.echo(
+            f"test RMSE {test['rmse']:.4f}  MAE {test['mae']:.4f}  MSE {test['mse']:.4f}  "
+            f"({test['n']:,} ratings, predictions clipped to the rating scale)"
+        )
+    cold = metrics.get("split", {}).get("cold_test")
+    if cold:
+        typer.echo(
+            f"test ratings whose user or movie has no training rating: {cold['either']:,} "
+            f"(new user {cold['new_user']:,}, new movie {cold['new_movie']:,}); kept in the metric"
+        )
+    typer.echo(f"train time {metrics['train_seconds']:.1f}s; run written to {path}")
+
+
+ProgressFactory = Callable[[int], ProgressCallback | None]

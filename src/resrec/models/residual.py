@@ -1,0 +1,198 @@
+"""The residual network and its two siblings.
+
+For user u and movie m (DESIGN.md)::
+
+    main(u, m) = p_u . q_m + b_u + b_m
+    side(u, m) = W2 . act(W1 . [p_u ; q_m] + c1) + c2
+    r_hat      = mu + main + side          (ResidualNet)
+    r_hat      = mu + main                 (MFNet, biased matrix factorisation)
+    r_hat      = mu + side (ReLU, no b_u / b_m)   (DeepNet)
+
+All three return ``r_hat - mu``; the caller adds mu.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from resrec.models.base import RatingModel, keras_uniform_
+
+if TYPE_CHECKING:
+    from resrec.config import TrainConfig
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "elu": nn.ELU,
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "identity": nn.Identity,
+}
+
+
+def _glorot_(layer: nn.Linear, generator: torch.Generator) -> None:
+    """Keras's default Dense init: Glorot-uniform weights, zero bias."""
+    fan_out, fan_in = layer.weight.shape
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    with torch.no_grad():
+        layer.weight.uniform_(-limit, limit, generator=generator)
+        layer.bias.zero_()
+
+
+class SideBranch(nn.Module):
+    """The MLP on ``[p_u ; q_m]``: hidden layers, then one output unit.
+
+    Each hidden layer is Linear -> (BatchNorm) -> activation -> (Dropout).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden: tuple[int, ...],
+        activation: str,
+        *,
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        generator: torch.Generator,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_features
+        for size in hidden:
+            linear = nn.Linear(width, size)
+            _glorot_(linear, generator)
+            layers.append(linear)
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(size))
+            layers.append(_ACTIVATIONS[activation]())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = size
+        out = nn.Linear(width, 1)
+        _glorot_(out, generator)
+        layers.append(out)
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x).squeeze(-1)
+
+
+class _FactorModel(RatingModel):
+    """Shared construction: user and movie factor tables (and bias tables)."""
+
+    uses_biases = True
+    uses_side = True
+    default_activation: str | None = None
+
+    def __init__(
+        self,
+        n_users: int,
+        n_movies: int,
+        embedding_dim: int,
+        *,
+        hidden: tuple[int, ...] = (400,),
+        activation: str = "elu",
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        init_scale: float = 0.05,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        generator = generator or torch.Generator().manual_seed(0)
+        self.n_users = n_users
+        self.n_movies = n_movies
+        self.embedding_dim = embedding_dim
+
+        self.user_factors = nn.Embedding(n_users, embedding_dim)
+        self.movie_factors = nn.Embedding(n_movies, embedding_dim)
+        keras_uniform_(self.user_factors, init_scale, generator)
+        keras_uniform_(self.movie_factors, init_scale, generator)
+        if self.uses_biases:
+            self.user_bias = nn.Embedding(n_users, 1)
+            self.movie_bias = nn.Embedding(n_movies, 1)
+            keras_uniform_(self.user_bias, init_scale, generator)
+            keras_uniform_(self.movie_bias, init_scale, generator)
+        if self.uses_side:
+            self.side = SideBranch(
+                2 * embedding_dim,
+                hidden,
+                activation,
+                dropout=dropout,
+                batch_norm=batch_norm,
+                generator=generator,
+            )
+
+    @classmethod
+    def from_config(
+        cls, config: TrainConfig, n_users: int, n_movies: int, generator: torch.Generator
+    ) -> _FactorModel:
+        return cls(
+            n_users,
+            n_movies,
+            config.embedding_dim,
+            hidden=config.hidden,
+            activation=cls.default_activation or config.activation,
+            dropout=config.dropout,
+            batch_norm=config.batch_norm,
+            init_scale=config.init_scale,
+            generator=generator,
+        )
+
+    def row_tables(self) -> dict[str, tuple[nn.Embedding, str]]:
+        tables = {
+            "user_factors": (self.user_factors, "user"),
+            "movie_factors": (self.movie_factors, "movie"),
+        }
+        if self.uses_biases:
+            tables["user_bias"] = (self.user_bias, "user")
+            tables["movie_bias"] = (self.movie_bias, "movie")
+        return tables
+
+    def components(self, users: Tensor, movies: Tensor) -> dict[str, Tensor]:
+        """Each additive term of the prediction minus mu, per (user, movie) pair.
+
+        Keys: ``dot`` (p_u . q_m), ``user_bias``, ``movie_bias`` and ``side``;
+        terms a model lacks are zero. They sum exactly to ``forward``.
+        """
+        rows = self.gather(users, movies)
+        zero = torch.zeros(users.shape[0], dtype=rows["user_factors"].dtype)
+        out = {"dot": zero, "user_bias": zero, "movie_bias": zero, "side": zero}
+        if self.uses_biases:
+            out["dot"] = (rows["user_factors"] * rows["movie_factors"]).sum(-1)
+            out["user_bias"] = rows["user_bias"].squeeze(-1)
+            out["movie_bias"] = rows["movie_bias"].squeeze(-1)
+        if self.uses_side:
+            out["side"] = self.side(torch.cat([rows["user_factors"], rows["movie_factors"]], -1))
+        return out
+
+
+class ResidualNet(_FactorModel):
+    """Matrix-factorisation branch plus an MLP side branch, added (the reference)."""
+
+    def forward_rows(self, rows: dict[str, Tensor]) -> Tensor:
+        p, q = rows["user_factors"], rows["movie_factors"]
+        main = (p * q).sum(-1) + rows["user_bias"].squeeze(-1) + rows["movie_bias"].squeeze(-1)
+        return main + self.side(torch.cat([p, q], -1))
+
+
+class MFNet(_FactorModel):
+    """Biased matrix factorisation: the main branch alone."""
+
+    uses_side = False
+
+    def forward_rows(self, rows: dict[str, Tensor]) -> Tensor:
+        p, q = rows["user_factors"], rows["movie_factors"]
+        return (p * q).sum(-1) + rows["user_bias"].squeeze(-1) + rows["movie_bias"].squeeze(-1)
+
+
+class DeepNet(_FactorModel):
+    """The side branch alone, with ReLU and no biases (the tutorial's "deep" model)."""
+
+    uses_biases = False
+    default_activation = "relu"
+
+    def forward_rows(self, rows: dict[str, Tensor]) -> Tensor:
+        return self.side(torch.cat([rows["user_factors"], rows["movie_factors"]], -1))

@@ -1,0 +1,391 @@
+"""Run directories: write a finished training atomically, and load it back.
+
+A run directory holds::
+
+    config.json          resolved config, data source with checksum, model shape, mu
+    history.csv          one row per epoch (deterministic for a seed: no timings)
+    timings.csv          seconds per epoch (training, and training + evaluation)
+    metrics.json         final test (and validation) MSE / RMSE / MAE, split sizes
+    loss.png, mse.png    train vs test curves per epoch
+    weights.safetensors  the model's tensors (loads without executing code)
+    id_maps.npz          raw user_id / movie_id of every index
+    train_pairs.npz      user and movie indices of the training ratings
+    checksums.json       sha256 of every file above
+
+Files are written into a staging directory beside the target, which is
+renamed into place only once everything is written; an error, Ctrl-C or a
+crash never leaves a directory at the target name that looks complete.
+
+``resrec train`` stages its run in ``NAME.partial/`` (:class:`StagedRun`) from
+the start: ``config.json`` first, then ``checkpoint.pt`` after every epoch, so
+an interrupted training can be resumed (``resrec train --resume NAME``); the
+checkpoint is deleted once the run is complete. :func:`save_run`, for a
+training done in Python, stages in a hidden ``.NAME.partial-*`` directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from resrec import __version__
+from resrec.config import TrainConfig
+from resrec.data.ratings import RatingScale
+from resrec.errors import ConfigError, ModelFileError
+from resrec.ids import IdMap
+from resrec.models.base import RatingModel, build_model
+from resrec.plots import plot_history
+from resrec.train.checkpoint import (
+    CHECKPOINT_NAME,
+    fsync_directory,
+    storage_error,
+    write_atomic,
+)
+from resrec.workflow import TrainResult
+
+log = logging.getLogger(__name__)
+
+HISTORY_TIMING_COLUMNS = ("train_seconds", "elapsed_seconds")
+REQUIRED_FILES = ("config.json", "metrics.json", "weights.safetensors", "id_maps.npz")
+PARTIAL_SUFFIX = ".partial"
+STAGING_ONLY = (CHECKPOINT_NAME,)  # files of a training in progress, not of the run
+
+
+def save_run(result: TrainResult, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``result`` as a run directory at ``path``, atomically."""
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise ConfigError(
+            f"run directory {target} already exists",
+            hint="choose another --out or pass --overwrite",
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        _write_files(result, staging)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("wrote run %s", target)
+    return target
+
+
+def run_info(config: TrainConfig, data: dict[str, Any]) -> dict[str, Any]:
+    """The part of ``config.json`` known before training: versions, config, data."""
+    return {
+        "resrec_version": __version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "config": config.to_dict(),
+        "data": data,
+    }
+
+
+def _write_files(result: TrainResult, out: Path) -> None:
+    config = {
+        **run_info(result.config, result.data),
+        "model": {
+            "kind": result.config.model,
+            "n_users": len(result.user_map),
+            "n_movies": len(result.movie_map),
+        },
+        "mu": result.mu,
+        "scale": result.scale.to_dict(),
+    }
+    _write_json(out / "config.json", config)
+    _write_json(out / "metrics.json", result.metrics)
+    write_history(result.history, out)
+    plot_history(result.history, out)
+
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()},
+        str(out / "weights.safetensors"),
+        metadata={"format": "resrec", "model": result.config.model},
+    )
+    np.savez(
+        out / "id_maps.npz", user_id=result.user_map.raw_ids, movie_id=result.movie_map.raw_ids
+    )
+    np.savez(
+        out / "train_pairs.npz",
+        users=result.train_users.astype(np.int32),
+        movies=result.train_movies.astype(np.int32),
+    )
+    files = [p for p in sorted(out.iterdir()) if _is_run_file(p)]
+    _write_json(out / "checksums.json", {p.name: sha256_of(p) for p in files})
+
+
+def _is_run_file(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.name not in STAGING_ONLY
+
+
+def write_history(history: Sequence[dict[str, float]], out: Path) -> None:
+    """Write ``history.csv`` (no timings) and ``timings.csv`` (timings only)."""
+    if not history:
+        return
+    columns = [c for c in history[0] if c not in HISTORY_TIMING_COLUMNS]
+    with open(out / "history.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for row in history:
+            writer.writerow([_fmt(row[c]) for c in columns])
+    with open(out / "timings.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", *HISTORY_TIMING_COLUMNS])
+        for row in history:
+            writer.writerow([int(row["epoch"])] + [f"{row[c]:.3f}" for c in HISTORY_TIMING_COLUMNS])
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else repr(value)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class Run:
+    """A loaded run: the model in eval mode, its maps and its recorded figures."""
+
+    path: Path
+    model: RatingModel
+    config: TrainConfig
+    user_map: IdMap
+    movie_map: IdMap
+    mu: float
+    scale: RatingScale
+    info: dict[str, Any]
+    metrics: dict[str, Any]
+
+    def train_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """User and movie indices of every training rating."""
+        with np.load(self.path / "train_pairs.npz", allow_pickle=False) as data:
+            return data["users"], data["movies"]
+
+
+def load_run(path: str | Path, *, verify: bool = True) -> Run:
+    """Load a run directory written by :func:`save_run`.
+
+    With ``verify`` (the default) every file is checked against
+    ``checksums.json`` first, so a truncated or altered file is refused.
+    """
+    run_dir = Path(path)
+    if not run_dir.is_dir():
+        raise ModelFileError(f"run directory {run_dir} does not exist")
+    missing = [name for name in REQUIRED_FILES if not (run_dir / name).is_file()]
+    if missing:
+        raise ModelFileError(
+            f"{run_dir} is not a complete run: missing {', '.join(missing)}",
+            hint="a training that failed or was interrupted is left as NAME.partial "
+            "(continue it with 'resrec train --resume NAME')",
+        )
+    if verify:
+        verify_run(run_dir)
+
+    info = json.loads((run_dir / "config.json").read_text())
+    config = TrainConfig.from_dict(info["config"])
+    model_info = info["model"]
+    model = build_model(config, model_info["n_users"], model_info["n_movies"], seed=0)
+    try:
+        state = load_file(str(run_dir / "weights.safetensors"))
+        model.load_state_dict(state)
+    except (SafetensorError, RuntimeError, OSError) as exc:
+        raise ModelFileError(f"{run_dir / 'weights.safetensors'} cannot be loaded: {exc}") from None
+    model.eval()
+
+    with np.load(run_dir / "id_maps.npz", allow_pickle=False) as maps:
+        user_map = IdMap(maps["user_id"], "user")
+        movie_map = IdMap(maps["movie_id"], "movie")
+    return Run(
+        path=run_dir,
+        model=model,
+        config=config,
+        user_map=user_map,
+        movie_map=movie_map,
+        mu=float(info["mu"]),
+        scale=RatingScale(**info["scale"]),
+        info=info,
+        metrics=json.loads((run_dir / "metrics.json").read_text()),
+    )
+
+
+def verify_run(run_dir: Path) -> None:
+    """Raise :class:`ModelFileError` if a file differs from ``checksums.json``."""
+    listing = run_dir / "checksums.json"
+    if not listing.is_file():
+        raise ModelFileError(f"{run_dir} has no checksums.json; cannot verify its files")
+    expected = json.loads(listing.read_text())
+    for name, digest in expected.items():
+        file = run_dir / name
+        if not file.is_file():
+            raise ModelFileError(f"{file} is missing")
+        if sha256_of(file) != digest:
+            raise ModelFileError(
+                f"{file} does not match its recorded sha256: it was truncated or altered",
+                hint="retrain, or restore the file from a copy",
+            )
+
+
+# -- a run staged from the start of its training ---------------------------------
+
+
+def staging_path(target: Path) -> Path:
+    """Where the run for ``target`` is written while it trains: ``target.partial``."""
+    return target.with_name(target.name + PARTIAL_SUFFIX)
+
+
+@dataclass
+class StagedRun:
+    """A run in progress in ``<out>.partial/``, renamed to ``<out>`` when complete.
+
+    The staging directory holds ``config.json`` (written before training, with
+    what resuming needs: the config, the data source and its sha256) and
+    ``checkpoint.pt`` (after each epoch). :meth:`finish` writes the run's
+    files beside them and renames the directory into place.
+    """
+
+    target: Path
+    staging: Path
+
+    @classmethod
+    def create(cls, out: str | Path, *, overwrite: bool = False) -> StagedRun:
+        """Check that ``out`` can be written and create its staging directory.
+
+        Raises
+        ------
+        ConfigError
+            When ``out`` exists, or an unfinished run of it exists, and
+            ``overwrite`` is false.
+        ModelFileError
+            When the directory cannot be created (no permission, not a folder).
+        """
+        target = Path(out)
+        staging = staging_path(target)
+        if target.exists() and not overwrite:
+            raise ConfigError(
+                f"run directory {target} already exists",
+                hint="choose another --out or pass --overwrite",
+            )
+        if staging.exists():
+            if not overwrite:
+                raise ConfigError(
+                    f"{staging} holds an unfinished training of {target}",
+                    hint=f"continue it with 'resrec train --resume {target}', "
+                    "or pass --overwrite to start again",
+                )
+            shutil.rmtree(staging)
+        try:
+            staging.mkdir(parents=True)
+        except OSError as exc:
+            raise storage_error(exc, staging) from None
+        return cls(target, staging)
+
+    @classmethod
+    def reopen(cls, path: str | Path) -> StagedRun:
+        """The unfinished run named by ``path`` (``NAME`` or ``NAME.partial``)."""
+        given = Path(path)
+        if given.name.endswith(PARTIAL_SUFFIX):
+            staging, target = given, given.with_name(given.name[: -len(PARTIAL_SUFFIX)])
+        else:
+            staging, target = staging_path(given), given
+        if not staging.is_dir():
+            if target.is_dir():
+                raise ConfigError(f"{target} is a complete run: there is nothing to resume")
+            raise ConfigError(f"there is no unfinished run at {staging}")
+        if not (staging / "config.json").is_file():
+            raise ModelFileError(
+                f"{staging} has no config.json, so it cannot be resumed",
+                hint=f"start the training again with --out {target} --overwrite",
+            )
+        return cls(target, staging)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.staging / CHECKPOINT_NAME
+
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint.is_file()
+
+    def write_info(self, info: dict[str, Any]) -> None:
+        """Write ``config.json`` (atomically)."""
+        _write_json(self.staging / "config.json", info)
+
+    def read_info(self) -> dict[str, Any]:
+        path = self.staging / "config.json"
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ModelFileError(f"{path} cannot be read: {exc}") from None
+        if not isinstance(info, dict) or "config" not in info or "data" not in info:
+            raise ModelFileError(f"{path} is not the config of a resrec run")
+        return info
+
+    def finish(self, result: TrainResult, *, overwrite: bool = False) -> Path:
+        """Write the run's files and rename the staging directory to the target.
+
+        When writing fails (for example on a full disk), the files written so
+        far are removed and ``config.json`` and ``checkpoint.pt`` are kept, so
+        ``resrec train --resume`` can write the run without training again.
+        """
+        if self.target.exists() and not overwrite:
+            raise ConfigError(
+                f"run directory {self.target} appeared while training",
+                hint=f"move it away and run 'resrec train --resume {self.target}'",
+            )
+        try:
+            _write_files(result, self.staging)
+        except (OSError, ModelFileError) as exc:
+            self._remove_run_files()
+            error = storage_error(exc, self.staging) if isinstance(exc, OSError) else exc
+            raise ModelFileError(
+                f"{error.message}; the run was not written",
+                hint=f"{error.hint or 'fix the cause'}, then run 'resrec train --resume "
+                f"{self.target}' to write it without training again",
+            ) from None
+        except BaseException:
+            self._remove_run_files()
+            raise
+
+        if self.target.exists():
+            shutil.rmtree(self.target)
+        os.replace(self.staging, self.target)
+        fsync_directory(self.target.parent)
+        (self.target / CHECKPOINT_NAME).unlink(missing_ok=True)
+        log.info("wrote run %s", self.target)
+        return self.target
+
+    def discard(self) -> None:
+        """Delete the staging directory (when it holds nothing worth resuming)."""
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def _remove_run_files(self) -> None:
+        for path in self.staging.iterdir():
+            if path.name not in (*STAGING_ONLY, "config.json"):
+                path.unlink(missing_ok=True)

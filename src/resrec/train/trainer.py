@@ -1,0 +1,434 @@
+"""The training engine: batches, optimisers, the epoch loop and evaluation.
+
+:meth:`Trainer.run_epoch` trains one pass over the training split and returns
+that epoch's numbers as a dict; :meth:`Trainer.fit` loops over epochs, handles
+early stopping and calls back after each epoch. Nothing here writes files or
+prints; runs are written by :mod:`resrec.run`.
+
+How the train figures are measured: ``train_loss`` and ``train_mse`` are the
+averages over the epoch's batches of the batch loss and the batch MSE, taken
+while the weights change (as Keras reports them), weighted by batch size. The
+``valid_*`` and ``test_*`` figures are computed after the epoch, with the
+weights at that point. ``*_loss`` and ``*_mse`` use the raw (unclipped) model
+output, like the tutorial; ``*_rmse`` and ``*_mae`` use predictions clipped to
+the rating scale.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from resrec.config import TrainConfig
+from resrec.data.ratings import RatingScale
+from resrec.errors import ConfigError, DivergenceError
+from resrec.models.base import RatingModel
+from resrec.train.optim import (
+    LazyAdagrad,
+    LazyAdam,
+    LazyMomentumSGD,
+    PlainSGD,
+    RowOptimizer,
+)
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[dict[str, float]], None]
+
+
+class Synchronizer(Protocol):
+    """What distributed training plugs into the trainer (see resrec.train.distributed)."""
+
+    def grads(
+        self, row_index: dict[str, Tensor], row_grads: dict[str, Tensor]
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Called after each backward pass with this process's row indices and row
+        gradients; returns those of the whole global batch, having summed the dense
+        gradients over processes in place."""
+        ...
+
+    def total(self, value: Tensor) -> Tensor:
+        """The sum of ``value`` over all processes."""
+        ...
+
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass
+class Examples:
+    """Index-encoded ratings ready for the model: int64 indices, float32 ratings."""
+
+    users: Tensor
+    movies: Tensor
+    ratings: Tensor
+
+    @classmethod
+    def from_numpy(cls, users: np.ndarray, movies: np.ndarray, ratings: np.ndarray) -> Examples:
+        return cls(
+            torch.from_numpy(np.ascontiguousarray(users, dtype=np.int64)),
+            torch.from_numpy(np.ascontiguousarray(movies, dtype=np.int64)),
+            torch.from_numpy(np.ascontiguousarray(ratings, dtype=np.float32)),
+        )
+
+    def __len__(self) -> int:
+        return int(self.users.shape[0])
+
+    def to(self, device: torch.device) -> Examples:
+        return Examples(self.users.to(device), self.movies.to(device), self.ratings.to(device))
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` picks CUDA when a GPU is visible, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "device 'cuda' was asked for but torch sees no GPU",
+            hint="install a CUDA build of torch (see the README) or use --device cpu",
+        )
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be one of 'auto', 'cpu', 'cuda'; got {name!r}")
+    return torch.device(name)
+
+
+def set_threads(threads: int) -> int:
+    """Set torch's intra-op threads (0 = all cores) and return the number used."""
+    n = threads or (os.cpu_count() or 1)
+    torch.set_num_threads(n)
+    return n
+
+
+class Trainer:
+    """Trains a :class:`RatingModel` on ``train`` and scores it on named eval sets.
+
+    Parameters
+    ----------
+    model
+        The network to train, in place.
+    config
+        Optimiser, batch and schedule settings.
+    train
+        The training examples; the model is fitted to ``rating - mu``.
+    mu
+        Mean training rating, added back to every prediction.
+    scale
+        The rating scale predictions are clipped to for RMSE and MAE.
+    eval_sets
+        Name -> examples scored after each epoch (``"valid"``, ``"test"``).
+    """
+
+    def __init__(
+        self,
+        model: RatingModel,
+        config: TrainConfig,
+        train: Examples,
+        *,
+        mu: float,
+        scale: RatingScale,
+        eval_sets: dict[str, Examples] | None = None,
+        generator: torch.Generator | None = None,
+        shard: tuple[int, int] = (0, 1),
+        sync: Synchronizer | None = None,
+    ) -> None:
+        self.device = resolve_device(config.device)
+        self.model = model.to(self.device)
+        self.config = config
+        self.train = train.to(self.device)
+        self.mu = float(mu)
+        self.scale = scale
+        self.eval_sets = {k: v.to(self.device) for k, v in (eval_sets or {}).items() if len(v)}
+        self.generator = generator or torch.Generator().manual_seed(config.seed)
+
+        self.rank, self.world_size = shard
+        self.sync = sync
+        self.epoch = 0
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+        self.best_rmse = math.inf
+        self.best_epoch = 0
+        self.best_state: dict[str, Any] | None = None
+        self.stopped = False
+        self._targets = self.train.ratings - self.mu
+        self.row_optimizer = self._make_row_optimizer()
+        self.dense_optimizer = self._make_dense_optimizer()
+
+    # -- construction ---------------------------------------------------------
+
+    def _make_row_optimizer(self) -> RowOptimizer:
+        c = self.config
+        tables = {name: t.weight.data for name, (t, _) in self.model.row_tables().items()}
+        if c.optimizer == "sgd":
+            if c.momentum == 0:
+                return PlainSGD(tables, c.lr)
+            return LazyMomentumSGD(tables, c.lr, c.momentum)
+        if c.optimizer == "adam":
+            return LazyAdam(tables, c.lr, c.betas, c.eps)
+        return LazyAdagrad(tables, c.lr, c.eps)
+
+    def _make_dense_optimizer(self) -> torch.optim.Optimizer | None:
+        c = self.config
+        params = self.model.dense_parameters()
+        if not params:
+            return None
+        if c.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.l2_dense)
+        if c.optimizer == "adam":
+            return torch.optim.Adam(
+                params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.l2_dense, foreach=True
+            )
+        return torch.optim.Adagrad(params, lr=c.lr, eps=c.eps, weight_decay=c.l2_dense)
+
+    # -- one epoch --------------------------------------------------------------
+
+    def learning_rate(self, epoch: int) -> float:
+        """The learning rate of 0-based ``epoch`` under the configured schedule."""
+        c = self.config
+        if c.schedule == "step":
+            return c.lr * c.schedule_gamma ** (epoch // c.schedule_step)
+        if c.schedule == "cosine":
+            return c.lr * 0.5 * (1 + math.cos(math.pi * epoch / c.epochs))
+        return c.lr
+
+    def _set_lr(self, lr: float) -> None:
+        self.row_optimizer.lr = lr
+        if self.dense_optimizer is not None:
+            for group in self.dense_optimizer.param_groups:
+                group["lr"] = lr
+
+    def run_epoch(self, progress: ProgressCallback | None = None) -> dict[str, float]:
+        """Train one epoch, score the eval sets and return the epoch's figures."""
+        started = time.perf_counter()
+        lr = self.learning_rate(self.epoch)
+        self._set_lr(lr)
+        train_loss, train_mse = self._train_pass(progress)
+        self.row_optimizer.flush(self.step)
+        train_seconds = time.perf_counter() - started
+
+        self.epoch += 1
+        record: dict[str, float] = {
+            "epoch": self.epoch,
+            "lr": lr,
+            "train_loss": train_loss,
+            "train_mse": train_mse,
+        }
+        for name, examples in self.eval_sets.items():
+            scores = self.evaluate(examples)
+            record[f"{name}_loss"] = scores["mse"] + self._penalty_estimate()
+            for key in ("mse", "rmse", "mae"):
+                record[f"{name}_{key}"] = scores[f"{key}_clipped" if key != "mse" else key]
+        record["train_seconds"] = train_seconds
+        record["elapsed_seconds"] = time.perf_counter() - started
+        self.history.append(record)
+        return record
+
+    def _penalty_estimate(self) -> float:
+        # Evaluation loss is the plain MSE: the L2 term is a training device only.
+        return 0.0
+
+    def _train_pass(self, progress: ProgressCallback | None) -> tuple[float, float]:
+        model, c = self.model, self.config
+        model.train()
+        tables = model.row_tables()
+
+        # The permutation is drawn on the CPU so every device sees the same batches.
+        order = torch.randperm(len(self.train), generator=self.generator).to(self.device)
+        users = self.train.users.index_select(0, order)
+        movies = self.train.movies.index_select(0, order)
+        targets = self._targets.index_select(0, order)
+
+        n = len(self.train)
+        n_batches = (n + c.batch_size - 1) // c.batch_size
+        losses = torch.zeros(n_batches, dtype=torch.float64, device=self.device)
+        sq_errors = torch.zeros(n_batches, dtype=torch.float64, device=self.device)
+        check_every = 256
+
+        for b in range(n_batches):
+            # This process's share of global batch b (all of it with one process).
+            lo, hi = self._shard_bounds(b * c.batch_size, min((b + 1) * c.batch_size, n))
+            batch_size = min((b + 1) * c.batch_size, n) - b * c.batch_size
+            index = {"user": users[lo:hi], "movie": movies[lo:hi]}
+            self.step += 1
+
+            rows = {
+                name: table.weight.detach().index_select(0, index[side]).requires_grad_()
+                for name, (table, side) in tables.items()
+            }
+            err = model.forward_rows(rows) - targets[lo:hi]
+            sq = (err * err).sum()
+            # Divide by the global batch size so gradients add up across processes.
+            loss = sq / batch_size
+            if c.l2 > 0:
+                loss = loss + c.l2 * sum((r * r).sum() for r in rows.values()) / batch_size
+
+            if self.dense_optimizer is not None:
+                self.dense_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            row_index = {name: index[side] for name, (_, side) in tables.items()}
+            row_grads = {name: _grad(rows[name]) for name in tables}
+            if self.sync is not None:
+                row_index, row_grads = self.sync.grads(row_index, row_grads)
+            if self.dense_optimizer is not None:
+                self.dense_optimizer.step()
+            for name in tables:
+                self.row_optimizer.update(name, row_index[name], row_grads[name], self.step)
+
+            losses[b] = loss.detach() * batch_size
+            sq_errors[b] = sq.detach()
+            if (b + 1) % check_every == 0 or b + 1 == n_batches:
+                self._check_finite(losses, b, check_every)
+                if progress is not None:
+                    progress(b + 1, n_batches)
+
+        totals = torch.stack([losses.sum(), sq_errors.sum()])
+        if self.sync is not None:
+            totals = self.sync.total(totals)
+        return float(totals[0]) / n, float(totals[1]) / n
+
+    def _shard_bounds(self, lo: int, hi: int) -> tuple[int, int]:
+        """The part of rows ``lo:hi`` that this process trains on."""
+        if self.world_size == 1:
+            return lo, hi
+        size = hi - lo
+        start = lo + (size * self.rank) // self.world_size
+        stop = lo + (size * (self.rank + 1)) // self.world_size
+        return start, stop
+
+    def _check_finite(self, losses: Tensor, b: int, window: int) -> None:
+        recent = losses[max(0, b + 1 - window) : b + 1]
+        if bool(torch.isfinite(recent).all()):
+            return
+        first = int(torch.nonzero(~torch.isfinite(recent))[0]) + max(0, b + 1 - window)
+        raise DivergenceError(
+            f"training diverged: the loss became {float(losses[first])} at epoch "
+            f"{self.epoch + 1}, step {first + 1} of the epoch",
+            hint=f"lower the learning rate (now {self.row_optimizer.lr:g}) or add l2",
+        )
+
+    # -- evaluation -------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict_offsets(self, examples: Examples) -> Tensor:
+        """Raw model outputs (prediction minus mu, unclipped) for every example."""
+        self.model.eval()
+        out = torch.empty(len(examples), dtype=torch.float32, device=self.device)
+        size = self.config.eval_batch_size
+        for lo in range(0, len(examples), size):
+            hi = min(lo + size, len(examples))
+            out[lo:hi] = self.model(examples.users[lo:hi], examples.movies[lo:hi])
+        return out
+
+    def evaluate(self, examples: Examples) -> dict[str, float]:
+        """MSE of the raw output, and RMSE/MAE of the clipped predictions."""
+        offsets = self.predict_offsets(examples).to(torch.float64)
+        err = offsets - (examples.ratings.to(torch.float64) - self.mu)  # on the device
+        clipped = (offsets + self.mu).clamp(self.scale.low, self.scale.high)
+        err_clipped = clipped - examples.ratings.to(torch.float64)
+        mse = float((err * err).mean())
+        mse_clipped = float((err_clipped * err_clipped).mean())
+        if not (math.isfinite(mse) and math.isfinite(mse_clipped)):
+            raise DivergenceError(
+                f"the model's predictions are not finite after epoch {self.epoch}",
+                hint="lower the learning rate or add l2",
+            )
+        return {
+            "mse": mse,
+            "mse_clipped": mse_clipped,
+            "rmse_clipped": math.sqrt(mse_clipped),
+            "mae_clipped": float(err_clipped.abs().mean()),
+        }
+
+    # -- the loop ---------------------------------------------------------------
+
+    def fit(
+        self,
+        *,
+        on_epoch: EpochCallback | None = None,
+        progress: Callable[[int], ProgressCallback | None] | None = None,
+    ) -> list[dict[str, float]]:
+        """Train until ``config.epochs`` or early stopping; return the history.
+
+        With a validation set, the epoch with the lowest validation RMSE is
+        ``best_epoch``; with ``config.early_stopping = k`` the loop stops once
+        validation RMSE has not improved for ``k`` epochs and the weights of the
+        best epoch are restored. Without a validation set the last epoch counts
+        as the best. The test set is never looked at for any decision.
+        """
+        c = self.config
+        while self.epoch < c.epochs and not self.stopped:
+            record = self.run_epoch(progress(self.epoch + 1) if progress else None)
+            self._track_best(record)
+            if on_epoch is not None:
+                on_epoch(record)
+        if c.early_stopping and self.best_state is not None and self.best_epoch != self.epoch:
+            self.model.load_state_dict(self.best_state)
+        return self.history
+
+    def _track_best(self, record: dict[str, float]) -> None:
+        if "valid_rmse" not in record:
+            self.best_epoch = self.epoch
+            return
+        if record["valid_rmse"] < self.best_rmse:
+            self.best_rmse, self.best_epoch = record["valid_rmse"], self.epoch
+            if self.config.early_stopping:
+                self.best_state = _clone_state(self.model)
+        elif (
+            self.config.early_stopping
+            and self.epoch - self.best_epoch >= self.config.early_stopping
+        ):
+            log.info("early stop after epoch %d (best %d)", self.epoch, self.best_epoch)
+            self.stopped = True
+
+    # -- checkpoints ------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue training exactly where it stands."""
+        return {
+            "model": _clone_state(self.model),
+            "row_optimizer": self.row_optimizer.state_dict(),
+            "dense_optimizer": (
+                None if self.dense_optimizer is None else self.dense_optimizer.state_dict()
+            ),
+            "generator": self.generator.get_state(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "history": [dict(row) for row in self.history],
+            "best_rmse": self.best_rmse,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+            "stopped": self.stopped,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.row_optimizer.load_state_dict(state["row_optimizer"])
+        if self.dense_optimizer is not None and state["dense_optimizer"] is not None:
+            self.dense_optimizer.load_state_dict(state["dense_optimizer"])
+        self.generator.set_state(state["generator"])
+        self.epoch = int(state["epoch"])
+        self.step = int(state["step"])
+        self.history = [dict(row) for row in state["history"]]
+        self.best_rmse = float(state["best_rmse"])
+        self.best_epoch = int(state["best_epoch"])
+        self.best_state = state["best_state"]
+        self.stopped = bool(state["stopped"])
+
+
+def _grad(row: Tensor) -> Tensor:
+    grad = row.grad
+    if grad is None:  # a table unused by forward_rows
+        return torch.zeros_like(row)
+    return grad
+
+
+def _clone_state(model: nn.Module) -> dict[str, Any]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}

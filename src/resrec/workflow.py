@@ -1,0 +1,333 @@
+"""The Python API of a training run: encode, split, build, fit, score.
+
+>>> ratings = resrec.read_ratings("ml-100k/u.data")
+>>> result = resrec.fit(ratings, resrec.preset("tutorial"))
+>>> result.metrics["test"]["rmse"]
+
+Each step is also available on its own: :func:`resrec.ids.encode`,
+:func:`resrec.split.split_ratings`, :func:`resrec.models.build_model` and
+:class:`resrec.train.Trainer`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from resrec.config import TrainConfig
+from resrec.data.ratings import Ratings, RatingScale
+from resrec.errors import ConfigError
+from resrec.ids import IdMap, encode
+from resrec.metrics import rating_metrics
+from resrec.models.base import RatingModel, build_model
+from resrec.models.baselines import DirectFitModel
+from resrec.split import Split, cold_counts, split_ratings
+from resrec.train.checkpoint import Checkpointer, restore
+from resrec.train.distributed import GradientSync, Process, check_replicas
+from resrec.train.trainer import EpochCallback, Examples, ProgressCallback, Trainer, set_threads
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Encoded:
+    """A ratings table with its id maps and int32 user and movie index columns."""
+
+    ratings: Ratings
+    user_map: IdMap
+    movie_map: IdMap
+    users: np.ndarray
+    movies: np.ndarray
+
+    def examples(self, rows: np.ndarray) -> Examples:
+        return Examples.from_numpy(self.users[rows], self.movies[rows], self.ratings.rating[rows])
+
+
+def encode_ratings(ratings: Ratings) -> Encoded:
+    """Give every user and movie of ``ratings`` a contiguous index.
+
+    Like the tutorial's preprocessing, indices cover every user and movie in
+    the file, including those that end up only in the test split.
+    """
+    user_map, movie_map, users, movies = encode(ratings.user_id, ratings.movie_id)
+    return Encoded(ratings, user_map, movie_map, users, movies)
+
+
+@dataclass
+class TrainResult:
+    """Everything a finished training produced; :func:`resrec.run.save_run` writes it."""
+
+    model: RatingModel
+    config: TrainConfig
+    user_map: IdMap
+    movie_map: IdMap
+    mu: float
+    scale: RatingScale
+    history: list[dict[str, float]]
+    metrics: dict[str, Any]
+    train_users: np.ndarray  # user index of each training rating
+    train_movies: np.ndarray  # movie index of each training rating
+    data: dict[str, Any] = field(default_factory=dict)
+    trainer: Trainer | None = None
+
+    def predict(self, user_ids: np.ndarray, movie_ids: np.ndarray) -> np.ndarray:
+        """Clipped predictions for raw ids (unknown ids raise)."""
+        users = self.user_map.index_of(user_ids)
+        movies = self.movie_map.index_of(movie_ids)
+        return predict_indices(self.model, self.mu, self.scale, users, movies)
+
+
+def predict_indices(
+    model: RatingModel,
+    mu: float,
+    scale: RatingScale,
+    users: np.ndarray,
+    movies: np.ndarray,
+    *,
+    batch_size: int = 1 << 16,
+) -> np.ndarray:
+    """Predictions for user and movie indices, clipped to ``scale``, as float32."""
+    out = np.empty(len(users), dtype=np.float32)
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    model.eval()
+    with torch.no_grad():
+        for lo in range(0, len(users), batch_size):
+            u = torch.from_numpy(np.asarray(users[lo : lo + batch_size], dtype=np.int64))
+            m = torch.from_numpy(np.asarray(movies[lo : lo + batch_size], dtype=np.int64))
+            out[lo : lo + batch_size] = model(u.to(device), m.to(device)).cpu().numpy()
+    out += np.float32(mu)
+    if not np.all(np.isfinite(out)):
+        raise FloatingPointError("the model produced a non-finite prediction")
+    return np.clip(out, scale.low, scale.high)
+
+
+def make_split(encoded: Encoded, config: TrainConfig) -> Split:
+    return split_ratings(
+        len(encoded.ratings),
+        test_fraction=config.test_fraction,
+        valid_fraction=config.valid_fraction,
+        seed=config.seed,
+    )
+
+
+def describe_split(encoded: Encoded, split: Split) -> dict[str, Any]:
+    """Sizes and cold-start counts of each held-out partition."""
+    info: dict[str, Any] = {"sizes": split.sizes()}
+    for name in ("valid", "test"):
+        rows = getattr(split, name)
+        if rows.size:
+            info[f"cold_{name}"] = cold_counts(
+                encoded.users[split.train],
+                encoded.movies[split.train],
+                encoded.users[rows],
+                encoded.movies[rows],
+                len(encoded.user_map),
+                len(encoded.movie_map),
+            )
+    return info
+
+
+def fit(
+    ratings: Ratings | Encoded,
+    config: TrainConfig,
+    *,
+    split: Split | None = None,
+    on_epoch: EpochCallback | None = None,
+    progress: Callable[[int], ProgressCallback | None] | None = None,
+    checkpointer: Checkpointer | None = None,
+    resume: dict[str, Any] | None = None,
+    process: Process | None = None,
+) -> TrainResult:
+    """Encode, split, build and train; return the model with its history and metrics.
+
+    Parameters
+    ----------
+    checkpointer
+        Writes a checkpoint after every epoch (see :mod:`resrec.train.checkpoint`).
+    resume
+        A checkpoint (from :func:`resrec.train.checkpoint.load_checkpoint`) to
+        continue from; ``ratings`` and ``config`` must be those it was trained on.
+    process
+        This process's place in a distributed training (see
+        :mod:`resrec.train.distributed`); every rank calls ``fit`` alike.
+
+    Dropout draws from torch's global generator, which this seeds with
+    ``config.seed + rank``.
+    """
+    threads = set_threads(config.threads or _auto_threads(config, process))
+    encoded = ratings if isinstance(ratings, Encoded) else encode_ratings(ratings)
+    split = split or make_split(encoded, config)
+    split_info = describe_split(encoded, split)
+    log.info("split sizes %s", split_info["sizes"])
+
+    train = encoded.examples(split.train)
+    mu = float(train.ratings.to(dtype=torch.float64).mean())
+    rank = 0 if process is None else process.rank
+    torch.manual_seed(config.seed + rank)  # dropout draws from torch's global generator
+    model = build_model(config, len(encoded.user_map), len(encoded.movie_map), seed=config.seed)
+    eval_sets = {"valid": encoded.examples(split.valid), "test": encoded.examples(split.test)}
+    trainer = Trainer(
+        model,
+        config,
+        train,
+        mu=mu,
+        scale=encoded.ratings.scale,
+        eval_sets=eval_sets,
+        shard=(0, 1) if process is None else process.shard,
+        sync=None if process is None else GradientSync(model, config.batch_size, process),
+    )
+    resumed_from = _resume(trainer, config, resume, rank)
+    if checkpointer is not None:
+        checkpointer.preflight(trainer)
+        on_epoch = _with_checkpoints(trainer, checkpointer, on_epoch)
+
+    started = time.perf_counter()
+    if isinstance(model, DirectFitModel):
+        # A resumed baseline was fitted before its checkpoint: nothing left to do.
+        history = trainer.history if trainer.epoch else _fit_direct(model, trainer, on_epoch)
+    else:
+        history = trainer.fit(on_epoch=on_epoch, progress=progress)
+    seconds = time.perf_counter() - started
+    check_replicas(model, process)
+
+    metrics: dict[str, Any] = {"train_seconds": seconds, "threads": threads}
+    if process is not None:
+        metrics["processes"] = process.world_size
+    if resumed_from is not None:
+        metrics["resumed_from_epoch"] = resumed_from
+    metrics["epochs_run"] = trainer.epoch
+    metrics["best_epoch"] = trainer.best_epoch
+    for name, examples in eval_sets.items():
+        if len(examples):
+            rows = getattr(split, name)
+            pred = predict_indices(
+                model, mu, encoded.ratings.scale, encoded.users[rows], encoded.movies[rows]
+            )
+            metrics[name] = rating_metrics(pred, encoded.ratings.rating[rows])
+    metrics["split"] = split_info
+    return TrainResult(
+        model=model,
+        config=config,
+        user_map=encoded.user_map,
+        movie_map=encoded.movie_map,
+        mu=mu,
+        scale=encoded.ratings.scale,
+        history=history,
+        metrics=metrics,
+        train_users=encoded.users[split.train],
+        train_movies=encoded.movies[split.train],
+        data=data_info(encoded.ratings),
+        trainer=trainer,
+    )
+
+
+def _fit_direct(
+    model: DirectFitModel, trainer: Trainer, on_epoch: EpochCallback | None
+) -> list[dict[str, float]]:
+    """Fit a closed-form baseline and record it as epoch 1 with the trainer's columns.
+
+    ``train_loss`` equals ``train_mse`` (no penalty term is reported), and the
+    validation and test columns are scored exactly as after a trained epoch.
+    """
+    started = time.perf_counter()
+    train = trainer.train
+    model.fit_direct(train.users, train.movies, train.ratings - trainer.mu)
+    train_seconds = time.perf_counter() - started
+
+    train_mse = trainer.evaluate(train)["mse"]
+    record: dict[str, float] = {
+        "epoch": 1,
+        "lr": 0.0,
+        "train_loss": train_mse,
+        "train_mse": train_mse,
+    }
+    for name, examples in trainer.eval_sets.items():
+        scores = trainer.evaluate(examples)
+        record[f"{name}_loss"] = scores["mse"]
+        record[f"{name}_mse"] = scores["mse"]
+        record[f"{name}_rmse"] = scores["rmse_clipped"]
+        record[f"{name}_mae"] = scores["mae_clipped"]
+    record["train_seconds"] = train_seconds
+    record["elapsed_seconds"] = time.perf_counter() - started
+
+    trainer.epoch = trainer.best_epoch = 1
+    trainer.history.append(record)
+    if on_epoch is not None:
+        on_epoch(record)
+    return trainer.history
+
+
+def _auto_threads(config: TrainConfig, process: Process | None = None) -> int:
+    """Small batches run faster on one thread: the per-op threading cost dominates.
+
+    Processes sharing a machine share its cores.
+    """
+    if config.batch_size < 1024:
+        return 1
+    if process is not None and process.local_world_size > 1:
+        return max(1, (os.cpu_count() or 1) // process.local_world_size)
+    return 0
+
+
+# Config fields a resumed training may not change: they decide the split or the model.
+_FIXED_ON_RESUME = (
+    "model",
+    "embedding_dim",
+    "hidden",
+    "activation",
+    "batch_norm",
+    "optimizer",
+    "test_fraction",
+    "valid_fraction",
+    "seed",
+)
+
+
+def _resume(
+    trainer: Trainer, config: TrainConfig, checkpoint: dict[str, Any] | None, rank: int
+) -> int | None:
+    """Load ``checkpoint`` into ``trainer``; return the epoch it continues from."""
+    if checkpoint is None:
+        return None
+    saved = TrainConfig.from_dict(checkpoint["config"])
+    changed = [k for k in _FIXED_ON_RESUME if getattr(saved, k) != getattr(config, k)]
+    if changed:
+        raise ConfigError(
+            f"cannot resume with a different {', '.join(changed)}: these decide the split "
+            "and the model",
+            hint="resume without changing them, or start a new run",
+        )
+    restore(trainer, checkpoint, rank=rank)
+    log.info("resuming after epoch %d", trainer.epoch)
+    return trainer.epoch
+
+
+def _with_checkpoints(
+    trainer: Trainer, checkpointer: Checkpointer, on_epoch: EpochCallback | None
+) -> EpochCallback:
+    def after_epoch(record: dict[str, float]) -> None:
+        checkpointer.save(trainer)
+        if on_epoch is not None:
+            on_epoch(record)
+
+    return after_epoch
+
+
+def data_info(ratings: Ratings) -> dict[str, Any]:
+    return {
+        "source": ratings.source,
+        "sha256": ratings.sha256,
+        "layout": ratings.layout,
+        "scale": ratings.scale.to_dict(),
+        "n_ratings": len(ratings),
+        "n_users": ratings.n_users,
+        "n_movies": ratings.n_movies,
+        "notes": list(ratings.notes),
+    }

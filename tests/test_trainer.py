@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from resrec.config import TrainConfig, preset
+from resrec.data.ratings import Ratings
+from resrec.errors import DivergenceError
+from resrec.workflow import fit
+
+
+def _quick(**changes: object) -> TrainConfig:
+    return preset("tutorial").replace(**{"epochs": 3, "batch_size": 64, **changes})
+
+
+def test_same_seed_gives_identical_history(small_ratings: Ratings) -> None:
+    first = fit(small_ratings, _quick(seed=5)).history
+    second = fit(small_ratings, _quick(seed=5)).history
+    drop = ("train_seconds", "elapsed_seconds")
+    strip = [{k: v for k, v in row.items() if k not in drop} for row in first]
+    assert strip == [{k: v for k, v in row.items() if k not in drop} for row in second]
+    third = fit(small_ratings, _quick(seed=6)).history
+    assert third[-1]["test_mse"] != first[-1]["test_mse"]
+
+
+def test_history_records_the_tutorial_columns(small_ratings: Ratings) -> None:
+    history = fit(small_ratings, _quick()).history
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    for key in ("train_loss", "train_mse", "test_loss", "test_mse", "elapsed_seconds"):
+        assert all(math.isfinite(row[key]) for row in history), key
+
+
+def test_training_beats_the_global_mean(small_ratings: Ratings) -> None:
+    result = fit(small_ratings, preset("fast").replace(batch_size=128, epochs=30, lr=0.01))
+    test = result.metrics["test"]
+    split_mu = result.mu
+    # RMSE of always predicting mu on the same test ratings:
+    test_rows = result.metrics["split"]["sizes"]["test"]
+    assert test_rows == 300
+    baseline = float(np.sqrt(np.mean((small_ratings.rating - split_mu) ** 2)))
+    assert test["rmse"] < 0.85 * baseline
+
+
+def test_predictions_are_clipped_to_the_scale(small_ratings: Ratings) -> None:
+    result = fit(small_ratings, _quick())
+    pred = result.predict(small_ratings.user_id, small_ratings.movie_id)
+    assert pred.min() >= 1.0 and pred.max() <= 5.0
+
+
+def test_mu_is_the_mean_training_rating(small_ratings: Ratings) -> None:
+    from resrec.split import split_ratings
+
+    result = fit(small_ratings, _quick())
+    split = split_ratings(len(small_ratings), test_fraction=0.2, seed=0)
+    assert result.mu == pytest.approx(float(small_ratings.rating[split.train].mean()))
+
+
+def test_divergence_names_epoch_and_step(small_ratings: Ratings) -> None:
+    with pytest.raises(DivergenceError, match=r"epoch 1, step \d+") as info:
+        fit(small_ratings, _quick(lr=1e6, momentum=0.99))
+    assert "learning rate" in str(info.value)
+
+
+def test_early_stopping_restores_the_best_validation_epoch(small_ratings: Ratings) -> None:
+    config = _quick(epochs=40, lr=0.05, valid_fraction=0.1, early_stopping=2)
+    result = fit(small_ratings, config)
+    best = min(result.history, key=lambda row: row["valid_rmse"])
+    assert result.metrics["best_epoch"] == best["epoch"]
+    assert result.metrics["epochs_run"] <= 40
+    assert result.metrics["valid"]["rmse"] == pytest.approx(best["valid_rmse"], rel=1e-6)
