@@ -31,8 +31,8 @@ def test_biases_one_pass_matches_the_hand_computed_closed_form() -> None:
 
 def test_biases_without_penalty_fit_an_additive_table_exactly() -> None:
     user_effect, movie_effect = np.array([0.5, -1.0, 0.25]), np.array([1.0, -0.5])
-    users, movies = np.meshgrid(np.arange(3), np.arange(2), indexing="ij")
-    users, movies = users.ravel(), movies.ravel()
+    grid_users, grid_movies = np.meshgrid(np.arange(3), np.arange(2), indexing="ij")
+    users, movies = grid_users.ravel(), grid_movies.ravel()
     targets = user_effect[users] + movie_effect[movies]
 
     model = Biases(3, 2, reg_user=0.0, reg_movie=0.0, passes=50)

@@ -55,10 +55,17 @@ class FakeGroupLens:
     truncated: set[str] = field(default_factory=set)  # paths cut off half way
 
 
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGroupLens]:
+@pytest.fixture(autouse=True)
+def isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No proxy between the tests and 127.0.0.1, and no mirror or cache from the caller."""
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     monkeypatch.delenv("RESREC_MOVIELENS_URL", raising=False)
+    monkeypatch.delenv("RESREC_CACHE_DIR", raising=False)
+
+
+@pytest.fixture
+def server() -> Iterator[FakeGroupLens]:
     state = FakeGroupLens(url="")
 
     class Handler(BaseHTTPRequestHandler):
@@ -137,7 +144,7 @@ def test_base_url_and_cache_dir_come_from_environment(
     monkeypatch.setenv("RESREC_MOVIELENS_URL", server.url + "/")
     monkeypatch.setenv("RESREC_CACHE_DIR", str(tmp_path))
 
-    folder = download("ml-100k", known_hash=md5_of(ML100K_ZIP))
+    folder = download("ml-100k", known_hash=md5_of(ML100K_ZIP), progress=True)
 
     assert default_cache_dir() == tmp_path / "movielens"
     assert folder == tmp_path / "movielens" / "ml-100k"
@@ -223,6 +230,28 @@ def test_http_404_names_status_and_suggests_ratings_option(
     assert f"{server.url}/ml-1m.zip" in text
     assert "--ratings" in text
     assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_folder_not_written_by_resrec_is_left_alone(
+    server: FakeGroupLens, tmp_path: Path
+) -> None:
+    server.files["/movielens/ml-100k.zip"] = ML100K_ZIP
+    (tmp_path / "ml-100k").mkdir()
+    (tmp_path / "ml-100k" / "notes.txt").write_text("mine")
+
+    with pytest.raises(DownloadError, match="was not written by resrec"):
+        download("ml-100k", cache_dir=tmp_path, base_url=server.url, known_hash=md5_of(ML100K_ZIP))
+
+    assert [p.name for p in tmp_path.iterdir()] == ["ml-100k"]
+    assert [p.name for p in (tmp_path / "ml-100k").iterdir()] == ["notes.txt"]
+
+
+def test_unwritable_cache_dir_is_a_download_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+
+    with pytest.raises(DownloadError, match="cannot write to the cache folder"):
+        download("ml-100k", cache_dir=blocker / "cache")
 
 
 def test_unknown_name_lists_valid_releases_and_suggests_closest(tmp_path: Path) -> None:

@@ -36,8 +36,8 @@ class TrainConfig:
     dropout: float = 0.0  # dropout after each hidden activation (0 disables)
     batch_norm: bool = False  # batch normalisation before each hidden activation
     init_scale: float = 0.05  # embeddings start uniform in [-init_scale, init_scale]
-    bias_reg_user: float = 15.0  # "biases" model: ridge penalty on b_u, in pseudo-ratings
-    bias_reg_movie: float = 10.0  # "biases" model: ridge penalty on b_m, in pseudo-ratings
+    bias_reg_user: float = 5.0  # "biases" model: ridge penalty on b_u, in pseudo-ratings
+    bias_reg_movie: float = 2.0  # "biases" model: ridge penalty on b_m (both chosen on validation)
     bias_passes: int = 10  # "biases" model: alternating closed-form passes
 
     # -- optimisation ----------------------------------------------------------

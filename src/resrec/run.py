@@ -241,7 +241,15 @@ def verify_run(run_dir: Path) -> None:
     listing = run_dir / "checksums.json"
     if not listing.is_file():
         raise ModelFileError(f"{run_dir} has no checksums.json; cannot verify its files")
-    expected = json.loads(listing.read_text())
+    try:
+        expected = json.loads(listing.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ModelFileError(
+            f"{listing} is damaged: it is not valid JSON",
+            hint="retrain, or restore the run from a copy",
+        ) from None
+    if not isinstance(expected, dict):
+        raise ModelFileError(f"{listing} is damaged: it does not list files and checksums")
     for name, digest in expected.items():
         file = run_dir / name
         if not file.is_file():

@@ -166,9 +166,7 @@ def validation_only_split(n_rows: int, config: TrainConfig) -> Split:
 
 def write_best(result: TuneResult, path: Path, encoded: Encoded) -> Path:
     """Write the best config as JSON that ``resrec train --config`` accepts."""
-    config = {
-        k: v for k, v in result.best_config.to_dict().items() if k not in _MACHINE_FIELDS
-    }
+    config = {k: v for k, v in result.best_config.to_dict().items() if k not in _MACHINE_FIELDS}
     document = {
         "config": config,
         "valid_rmse": result.best_valid_rmse,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from resrec.cli import compare as _compare  # noqa: F401
 from resrec.cli import data as _data  # noqa: F401  (registers commands)
+from resrec.cli import recommend as _recommend  # noqa: F401
+from resrec.cli import serve as _serve  # noqa: F401
 from resrec.cli import train as _train  # noqa: F401
 from resrec.cli.app import app, main
 

@@ -5,12 +5,29 @@ from __future__ import annotations
 import logging
 import sys
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from resrec.errors import ResrecError
 
+
+class _Group(TyperGroup):
+    """Turns a user's mistake (a :class:`ResrecError`) into a message and exit 1."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except ResrecError as exc:
+            typer.secho(f"error: {exc.message}", fg=typer.colors.RED, err=True)
+            if exc.hint:
+                typer.echo(f"hint: {exc.hint}", err=True)
+            raise typer.Exit(1) from None
+
+
 app = typer.Typer(
     name="resrec",
+    cls=_Group,
     help="Train, evaluate and serve a residual-network recommender on MovieLens ratings.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -46,11 +63,6 @@ def main() -> None:
     """Entry point of the ``resrec`` command."""
     try:
         app()
-    except ResrecError as exc:
-        typer.secho(f"error: {exc.message}", fg=typer.colors.RED, err=True)
-        if exc.hint:
-            typer.echo(f"hint: {exc.hint}", err=True)
-        sys.exit(1)
     except KeyboardInterrupt:
         typer.echo("interrupted; nothing was written", err=True)
         sys.exit(130)

@@ -60,9 +60,7 @@ def compare_command(
     epochs: Epochs = None,
     threads: Threads = None,
     k: Annotated[int, Opt("--k", help="Length of the top list of the ranking metrics.")] = 10,
-    threshold: Annotated[
-        float, Opt(help="A test rating at or above it counts as relevant.")
-    ] = 4.0,
+    threshold: Annotated[float, Opt(help="A test rating at or above it counts as relevant.")] = 4.0,
     coverage_users: Annotated[
         int | None, Opt(help="Users sampled for catalogue coverage (default: all).")
     ] = None,

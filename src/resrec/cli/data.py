@@ -37,7 +37,9 @@ def synth(
     """Write a synthetic, MovieLens-shaped ratings.csv (defaults: the size of ML-20M)."""
     from resrec.data.synth import write_synthetic_csv
 
-    path = write_synthetic_csv(
+    out.mkdir(parents=True, exist_ok=True)
+    files = write_synthetic_csv(
         out / "ratings.csv", n_users=users, n_movies=movies, n_ratings=ratings, seed=seed
     )
-    typer.echo(f"wrote {ratings:,} synthetic ratings to {path}")
+    typer.echo(f"wrote {files.n_ratings:,} synthetic ratings to {files.ratings}")
+    typer.echo(f"wrote synthetic titles and genres to {files.movies}")

@@ -12,12 +12,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from tqdm import tqdm
 
@@ -40,6 +40,7 @@ Opt = typer.Option
 
 @app.command()
 def train(
+    ctx: typer.Context,
     ratings: Annotated[Path | None, Opt("--ratings", help="Ratings file to train on.")] = None,
     dataset: Annotated[
         str | None, Opt("--dataset", help="A MovieLens release to download and use, e.g. ml-20m.")
@@ -111,7 +112,7 @@ def train(
 ) -> None:
     """Train a model and write a run directory (config, history, metrics, plots, weights)."""
     if nproc > 1 and not distributed.launched():
-        command = distributed.rank_command(_command_line(click.get_current_context()))
+        command = distributed.rank_command(_command_line(ctx))
         raise typer.Exit(distributed.launch_local(command, nproc))
 
     overrides: dict[str, Any] = {
@@ -146,9 +147,11 @@ def train(
         scale=scale,
         duplicates=duplicates,
     )
-    process = distributed.init_process_group() if distributed.launched() else None
-    if process is not None and not process.is_main:
-        logging.getLogger().setLevel(logging.WARNING)
+    process = None
+    if distributed.launched():
+        if os.environ.get("RANK") != "0":
+            logging.getLogger().setLevel(logging.WARNING)  # rank 0 logs for everyone
+        process = distributed.init_process_group()
     try:
         if resume is not None:
             if out is not None:
@@ -227,7 +230,7 @@ def _run(
     staged = StagedRun(job.target, job.staging)
     try:
         distributed.check_device(job.config.device, process)
-        table = load_ratings_from_options(job.options)
+        table = _read_ratings(job.options, process)
         data = _data_info(table, job)
         if main:
             typer.echo(f"read {_describe(table)}", err=True)
@@ -235,7 +238,7 @@ def _run(
                 staged.write_info(run_info(job.config, data))
         checkpointer = Checkpointer(
             staged.staging,
-            info={"config": job.config.to_dict(), "split_seed": job.config.seed, "data": data},
+            info={"data": data},
             rank=0 if process is None else process.rank,
             gather_rng=None if process is None else lambda s: distributed.gather(s, process),
         )
@@ -260,6 +263,13 @@ def _run(
         result.data = data
         path = staged.finish(result, overwrite=overwrite)
         _echo_summary(result.metrics, path)
+
+
+def _read_ratings(options: RatingsOptions, process: Process | None) -> Ratings:
+    """Rank 0 reads first (downloading and caching the file once); then the others."""
+    first: list[Ratings] = []
+    distributed.on_main(lambda: first.append(load_ratings_from_options(options)), process)
+    return first[0] if first else load_ratings_from_options(options)
 
 
 def _data_info(table: Ratings, job: _Job) -> dict[str, Any]:
@@ -319,7 +329,7 @@ def _describe(table: Ratings) -> str:
     )
 
 
-def _command_line(ctx: click.Context) -> list[str]:
+def _command_line(ctx: Any) -> list[str]:
     """The arguments that repeat this ``train`` invocation, without ``--nproc``.
 
     Rebuilt from the parsed options (not from ``sys.argv``), so it also works
@@ -331,10 +341,10 @@ def _command_line(ctx: click.Context) -> list[str]:
     return [*args, ctx.info_name or "train", *_options_given(ctx, skip=("nproc",))]
 
 
-def _options_given(ctx: click.Context, skip: tuple[str, ...] = ()) -> list[str]:
+def _options_given(ctx: Any, skip: tuple[str, ...] = ()) -> list[str]:
     args: list[str] = []
     for param in ctx.command.params:
-        if not isinstance(param, click.Option) or param.name in skip:
+        if param.param_type_name != "option" or param.name in skip:
             continue
         value = ctx.params.get(param.name or "")
         if value is None or value == param.default:

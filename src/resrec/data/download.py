@@ -10,12 +10,13 @@ Checksums
 ---------
 GroupLens publishes an MD5 digest beside every archive (``<name>.zip.md5``).
 The fixed releases (ML-100K, ML-1M, ML-10M, ML-20M, ML-25M) have their digest
-written into :data:`RELEASES`; each was taken from two or more independent
-public projects that verified the archive, and agrees with GroupLens's
-sidecar file. The rolling releases (``ml-latest``, ``ml-latest-small``) are
-re-published from time to time with new contents, so no digest can be written
-down for them: for those, :func:`download` first fetches the ``.md5`` file
-GroupLens publishes beside the zip and verifies the zip against it.
+written into :data:`RELEASES`; each one appears in several independent public
+projects that check the archive, some of which quote GroupLens's sidecar file
+line for line (``MD5 (ml-20m.zip) = ...``). The rolling releases
+(``ml-latest``, ``ml-latest-small``) are re-published from time to time with
+new contents, so no digest can be written down for them: for those,
+:func:`download` first fetches the ``.md5`` file GroupLens publishes beside
+the zip and verifies the zip against it.
 
 The cache
 ---------
@@ -295,8 +296,14 @@ def download(
             f"known_hash must look like 'md5:<hex>' or 'sha256:<hex>'; got {known_hash!r}"
         )
     url = f"{_base_url(base_url)}/{release.zip_name}"
-    cache.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{release.name}-partial-", dir=cache))
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{release.name}-partial-", dir=cache))
+    except OSError as exc:
+        raise DownloadError(
+            f"cannot write to the cache folder {cache} ({exc.strerror or exc})",
+            hint=f"pass another cache folder, or set ${CACHE_DIR_ENV} to a writable folder",
+        ) from None
     try:
         expected = known_hash or release.known_hash or _published_md5(url, release, staging)
         archive = _fetch(url, expected, release, staging, progress, cache)

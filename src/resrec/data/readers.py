@@ -38,12 +38,13 @@ Nothing is dropped or coerced silently. Every problem raises a
 :class:`~resrec.errors.DataError` that names the file, the 1-based physical
 line (of the decompressed text), the 1-based field and its name, and what was
 expected there; when a file has several problems, the one on the earliest
-line is reported. Checked: the number of fields, empty fields and missing
-value markers (``\\N``, ``NULL``, ``NA``, ``nan`` ...), ids that are not
-whole numbers >= 0, ratings off the scale or between its steps, negative
-timestamps and unreadable dates, a header where the layout has none and the
-reverse, header names, columns that look swapped (ids where the ratings
-should be), and a (user_id, movie_id) pair rated twice.
+line is reported. Checked, line by line: the number of fields, empty
+fields and missing value markers (``\\N``, ``NULL``, ``NA``, ``nan`` ...),
+ids that are not whole numbers >= 0, ratings off the scale or between its
+steps, negative timestamps and unreadable dates, a header where the layout
+has none and the reverse, header names, and columns that look swapped (ids
+where the ratings should be). Once every line passes, a (user_id, movie_id)
+pair rated on two lines is reported at the first repeat, naming both lines.
 
 Speed
 -----
@@ -351,9 +352,9 @@ def _detect(path: Path, lines: list[str]) -> str:
     if name.endswith(".dat") or "::" in lines[0]:
         return "dat"
 
-    names = [_normalise(n) for n in _split(lines[0], ",", quoting=True)]
+    names = [_normalise(n) for n in _split(lines[0], ",", quoting=True, strict=False)]
     if sorted(names) == sorted(_normalise(n) for n in _ML_HEADER):
-        second = _split(lines[1], ",", quoting=True) if len(lines) > 1 else []
+        second = _split(lines[1], ",", quoting=True, strict=False) if len(lines) > 1 else []
         stamp = second[names.index("timestamp")] if len(second) == len(names) else ""
         return "kaggle-csv" if _DATE.fullmatch(stamp) else "movielens-csv"
     if names and names[0] in ("", "unnamed0", "index"):
@@ -394,7 +395,7 @@ def _plan(path: Path, lines: list[str], options: dict[str, object]) -> _Spec:
 
 def _plan_header_csv(path: Path, layout: str, first: str) -> _Spec:
     expected = _TUTORIAL_HEADER if layout == "tutorial-csv" else _ML_HEADER
-    fields = _split(first, ",", quoting=True)
+    fields = _split(first, ",", quoting=True, strict=False)
     shown = ",".join(expected)
     if all(_FLOAT.fullmatch(f.strip(_BLANKS)) for f in fields):
         raise DataError(
@@ -482,7 +483,7 @@ def _plan_delimited(path: Path, lines: list[str], options: dict[str, object]) ->
             )
         notes.append(f"field separator {sep!r} guessed from the first line")
     quoting = len(sep) == 1
-    fields = _split(lines[0], sep, quoting=quoting)
+    fields = _split(lines[0], sep, quoting=quoting, strict=False)
     columns = options["columns"]
     roles = tuple(columns) if isinstance(columns, list) else None
 
@@ -520,7 +521,7 @@ def _plan_delimited(path: Path, lines: list[str], options: dict[str, object]) ->
     data_line = lines[1] if header and len(lines) > 1 else lines[0]
     dates = False
     if "timestamp" in roles:
-        values = _split(data_line, sep, quoting=quoting)
+        values = _split(data_line, sep, quoting=quoting, strict=False)
         if len(values) == len(roles) and _DATE.fullmatch(values[roles.index("timestamp")]):
             dates = True
             notes.append("timestamps read as UTC date-times")
@@ -570,11 +571,16 @@ def _is_word(text: str) -> bool:
     return bool(text) and not _FLOAT.fullmatch(text) and lowered not in _MISSING | _NOT_FINITE
 
 
-def _split(text: str, sep: str, *, quoting: bool) -> list[str]:
-    """The fields of one line of text."""
+def _split(text: str, sep: str, *, quoting: bool, strict: bool = True) -> list[str]:
+    """The fields of one line of text; bad quoting raises csv.Error unless not ``strict``."""
     if not quoting or '"' not in text:
         return text.split(sep)
-    return next(csv.reader([text], delimiter=sep, strict=True), [""])
+    try:
+        return next(csv.reader([text], delimiter=sep, strict=True), [""])
+    except csv.Error:
+        if strict:
+            raise
+        return text.split(sep)
 
 
 # --------------------------------------------------------------------------- source bytes
@@ -646,7 +652,7 @@ def _head_lines(data: bytes | mmap.mmap, start: int, *, whole: bool) -> list[str
         lines.pop()
     while lines and not lines[-1].strip():
         lines.pop()
-    return [line.decode("utf-8", errors="replace") for line in lines]
+    return [line.decode("utf-8", errors="replace") for line in lines[: _SAMPLE_LINES + 1]]
 
 
 @dataclass
@@ -953,7 +959,7 @@ class _LineChecker:
         if len(fields) == len(spec.roles):
             return fields
 
-        found = "a blank line" if not fields else f"{len(fields)} fields"
+        found = "a blank line" if not fields else f"{len(fields)} field" + "s" * (len(fields) > 1)
         column = min(len(fields), len(spec.roles))  # the first missing or extra field
         raise DataError(
             f"expected {len(spec.roles)} fields ({','.join(spec.names)}) separated by "
@@ -978,7 +984,7 @@ class _LineChecker:
         if not text:
             self.fail(field, "empty field; expected {expected}", value=False)
         if text.lower() in _MISSING:
-            self.fail(field, "missing value {text!r}; expected {expected}", value=False)
+            self.fail(field, "missing value '{text}'; expected {expected}", value=False)
         if field.role == "rating":
             return self._rating(field, text)
         return self._integer(field, text)

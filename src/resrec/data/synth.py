@@ -9,10 +9,13 @@ Who rates what
     Each user rates at least ``min_user_ratings`` movies (20, as in ML-20M);
     the rest of the ratings are shared out in proportion to lognormal user
     activity weights, so a few users rate thousands of movies and most rate a
-    few dozen. Movie popularity is lognormal too, and higher for the lower
-    (older) movie ids. Each user's movies are a popularity-weighted sample
-    without replacement, so there are no duplicate (user, movie) pairs, and
-    every movie is rated at least once.
+    few dozen. Movie popularity is lognormal too (capped at 0.5% of the draws
+    for one movie), and higher for the lower (older) movie ids. Each user's
+    movies are a popularity-weighted sample without replacement, so there are
+    no duplicate (user, movie) pairs, and every movie is rated at least once.
+    With the defaults, users have 20 / 67 / 144 / 9,360 ratings (min / median
+    / mean / max; ML-20M: 20 / 68 / 144 / 9,254) and movies 1 / 19 / 748 /
+    about 58,000 (ML-20M: 1 / 18 / 748 / 67,310).
 
 What the ratings are
     ``rating = round(mu + b_u + b_m + p_u . q_m + side(p_u, q_m) + noise)``,
@@ -22,15 +25,17 @@ What the ratings are
     shape of the residual model's side branch), and ``noise`` Gaussian with
     standard deviation ``noise``. The sum is rounded onto ``scale`` and clipped
     to it; on a half-star scale half the ratings are rounded to whole stars, as
-    MovieLens users favour them. With the defaults the mean rating is about
-    3.5 and the standard deviation about 1.05, as in ML-20M.
+    MovieLens users favour them. ``mu`` is tuned so the mean rating is 3.53,
+    ML-20M's; the standard deviation comes out near 1.0 (ML-20M: 1.05).
     :func:`synthesize_with_truth` returns the planted parameters too.
 
 Ids, times and metadata
     ``user_id`` runs 1..n_users. ``movie_id`` is a sorted random sample of
-    1..about 4.9 * n_movies, so ids have gaps as in MovieLens. Each user rates
-    within an active window inside ML-20M's period (January 1995 to March
-    2015); timestamps are int64 seconds since 1970. ``movies.csv`` has titles
+    1..about 4.9 * n_movies, so ids have gaps as in MovieLens. Timestamps are
+    int64 seconds since 1970 within ML-20M's period (January 1995 to March
+    2015): each user rates within an active window, and no movie is rated
+    before it joined the catalogue (joining times grow with the movie id, so a
+    split by time sees new movies appear). ``movies.csv`` has titles
     "Synthetic movie <id> (<year>)" and 1-3 MovieLens genre names, chosen to
     agree with the movie's factors, so genres carry some signal.
 
@@ -46,6 +51,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -68,26 +74,29 @@ SIDE_SD = 0.25  # of the ELU interaction term
 DEFAULT_NOISE = 0.75
 
 USER_ACTIVITY_SIGMA = 1.4  # lognormal sigma of each user's extra ratings
-MOVIE_POPULARITY_SIGMA = 2.0  # lognormal sigma of movie popularity
+MOVIE_POPULARITY_SIGMA = 3.3  # lognormal sigma of movie popularity (ML-20M's median 18)
+MAX_MOVIE_SHARE = 0.005  # cap on a movie's share of the draws (ML-20M's top: 0.34%)
 MOVIE_ID_SPREAD = 4.9  # ML-20M: largest movie id 131,262 for 26,744 rated movies
 MAX_USER_SHARE = 0.35  # ML-20M's most active user rated 35% of the movies
 WHOLE_STAR_SHARE = 0.5  # share of half-star-scale ratings rounded to whole stars
+TARGET_MEAN = 3.53  # ML-20M's mean rating
 
 GENRES = (
     "Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary",
     "Drama", "Fantasy", "Film-Noir", "Horror", "IMAX", "Musical", "Mystery", "Romance",
     "Sci-Fi", "Thriller", "War", "Western",
 )  # fmt: skip
-# Rough relative frequencies of the genres in MovieLens, in the order above.
+# Approximate relative frequencies of the genres among MovieLens movies, in the order above.
 _GENRE_WEIGHTS = (
     3.5, 2.3, 1.0, 1.1, 8.4, 2.9, 2.5, 13.3, 1.4, 0.3, 2.6, 0.2, 1.0, 1.5, 4.1, 1.7, 4.2,
     1.2, 0.7,
 )  # fmt: skip
 
 _HIDDEN = 16  # units of the ELU interaction network
-_CHUNK = 1 << 20  # rows per chunk when scoring and writing
+_CHUNK = 1 << 18  # rows per chunk when scoring and writing
 _HEAVY_SHARE = 0.05  # users rating more than this share of movies are sampled exactly
-_MAX_ROUNDS = 60  # rejection rounds before the exact sampler takes over
+_MAX_ROUNDS = 100  # rejection rounds before the exact sampler takes over
+_EXACT_HANDOFF = 500  # ... or once this few users are still short
 
 
 @dataclass(frozen=True)
@@ -108,23 +117,35 @@ class PlantedModel:
     side_c1: np.ndarray  # (hidden,) float32
     side_w2: np.ndarray  # (hidden,) float32
     side_c2: float
-    noise: float
+    noise: float  # standard deviation of the rating noise, on this scale
 
     def low_rank_score(self, user_index: np.ndarray, movie_index: np.ndarray) -> np.ndarray:
         """``mu + b_u + b_m + p_u . q_m`` for each (user index, movie index) pair."""
         p = self.user_factors[user_index]
         q = self.movie_factors[movie_index]
-        dot = np.einsum("ij,ij->i", p, q)
+        dot = np.einsum("ij,ij->i", p, q)  # row-wise p_u . q_m
         return self.mu + self.user_bias[user_index] + self.movie_bias[movie_index] + dot
 
     def side_score(self, user_index: np.ndarray, movie_index: np.ndarray) -> np.ndarray:
         """The planted non-linear term ``w2 . elu(W1 [p_u; q_m] + c1) + c2``."""
-        pq = np.concatenate(
-            [self.user_factors[user_index], self.movie_factors[movie_index]], axis=1
-        )
-        hidden = pq @ self.side_w1 + self.side_c1
-        hidden = np.where(hidden > 0, hidden, np.expm1(np.minimum(hidden, 0)))
-        return hidden @ self.side_w2 + self.side_c2
+        # W1 [p; q] = W1_user p + W1_movie q: both halves are computed once per
+        # user and per movie, so each row costs a gather and an add.
+        hidden = self._user_hidden[user_index] + self._movie_hidden[movie_index]
+        negative = np.minimum(hidden, 0.0)
+        np.expm1(negative, out=negative)
+        np.maximum(hidden, 0.0, out=hidden)
+        hidden += negative  # elu(x) = max(x, 0) + expm1(min(x, 0))
+        return np.einsum("ij,j->i", hidden, self.side_w2) + self.side_c2
+
+    @cached_property
+    def _user_hidden(self) -> np.ndarray:
+        rank = self.user_factors.shape[1]
+        return (self.user_factors @ self.side_w1[:rank]).astype(np.float32)
+
+    @cached_property
+    def _movie_hidden(self) -> np.ndarray:
+        rank = self.movie_factors.shape[1]
+        return (self.movie_factors @ self.side_w1[rank:] + self.side_c1).astype(np.float32)
 
     def expected_rating(self, user_index: np.ndarray, movie_index: np.ndarray) -> np.ndarray:
         """The planted rating before noise, rounding and clipping."""
@@ -221,6 +242,7 @@ def synthesize_with_truth(
 
     movie_ids = _movie_ids(n_movies, rngs["ids"])
     truth = _plant_model(n_users, movie_ids, popularity, scale, rank, noise, rngs["model"])
+    truth = _calibrate_mean(truth, user_index, movie_index, scale, rngs["model"])
     rating = _rate(truth, user_index, movie_index, scale, rngs["noise"])
     timestamp = _timestamps(user_index, movie_index, movie_ids, n_users, rngs["time"])
 
@@ -345,11 +367,11 @@ def _allocate(weights: np.ndarray, total: int, floor: int, cap: int) -> np.ndarr
     while remaining > 0:
         share = np.where(open_, weights, 0.0)
         share *= remaining / share.sum()
-        add = np.floor(share).astype(np.int64)
-        leftover = remaining - int(add.sum())
-        if leftover > 0:  # largest remainders get one more
-            add[np.argsort(add - share, kind="stable")[:leftover]] += 1
-        counts += add
+        # Rounding the running total keeps every count within 1 of its share
+        # and makes them add up to exactly ``remaining``.
+        edges = np.rint(np.cumsum(share))
+        edges[-1] = remaining
+        counts += np.diff(edges, prepend=0.0).astype(np.int64)
 
         over = counts > cap
         remaining = int((counts[over] - cap).sum())
@@ -359,10 +381,14 @@ def _allocate(weights: np.ndarray, total: int, floor: int, cap: int) -> np.ndarr
 
 
 def _movie_popularity(n_movies: int, rng: np.random.Generator) -> np.ndarray:
-    """Lognormal popularity weights, correlated with age (lower index = older = more popular)."""
+    """Lognormal popularity weights, higher for older movies (lower index), with a capped top."""
     age = _normal_scores(n_movies)[::-1]  # the first movie has the highest score
     z = 0.5 * age + math.sqrt(0.75) * rng.standard_normal(n_movies)
-    return np.exp(MOVIE_POPULARITY_SIGMA * z)
+    weights = np.exp(MOVIE_POPULARITY_SIGMA * z)
+    for _ in range(3):  # capping lowers the total, so cap again against the new total
+        cap = max(MAX_MOVIE_SHARE * weights.sum(), 3.0 * weights.mean())
+        weights = np.minimum(weights, cap)
+    return weights
 
 
 def _normal_scores(n: int) -> np.ndarray:
@@ -409,9 +435,7 @@ def _sample_pairs(
     have = np.concatenate([chosen[is_exact_key], seeded[is_heavy_key]])
     exact = _sample_exact(exact_users, counts, have, popularity, rng)
 
-    keys = np.concatenate([chosen[~is_exact_key], exact])
-    keys.sort()
-    return keys
+    return np.sort(np.concatenate([chosen[~is_exact_key], exact]), kind="stable")
 
 
 def _cover_every_movie(counts: np.ndarray, n_movies: int, rng: np.random.Generator) -> np.ndarray:
@@ -429,29 +453,38 @@ def _sample_light(
     popularity: np.ndarray,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rejection sampling for light users; returns sorted unique keys and unmet counts."""
+    """Rejection sampling for light users; returns sorted unique keys and unmet counts.
+
+    Round one draws every missing rating at once; later rounds redraw only the
+    duplicates. Rounds stop once few users are still short, and those are left
+    to the exact sampler, so a user who keeps hitting movies they already have
+    cannot hold up the rest.
+    """
     n_movies = len(popularity)
     draw = _AliasSampler(popularity)
     target = np.where(light, counts, 0)
     chosen = np.sort(seeded)
-    extra = np.empty(0, dtype=np.int64)
+    later: list[np.ndarray] = []  # sorted keys accepted after round one
     deficit = target - np.bincount(chosen // n_movies, minlength=len(counts))
 
     for round_ in range(_MAX_ROUNDS):
-        if not deficit.any():
+        short = np.flatnonzero(deficit)
+        if len(short) == 0 or (round_ > 0 and len(short) <= _EXACT_HANDOFF):
             break
-        users = np.repeat(np.arange(len(counts), dtype=np.int64), deficit)
+        users = np.repeat(short.astype(np.int64), deficit[short])
         new = _unique_sorted(users * n_movies + draw(len(users), rng))
-        new = new[~_contains(chosen, new) & ~_contains(extra, new)]
-        if round_ == 0:  # the bulk: merge once into ``chosen``
-            chosen = np.sort(np.concatenate([chosen, new]))
-        else:  # the stragglers: keep in a small array until the end
-            extra = np.sort(np.concatenate([extra, new]))
+        fresh = ~_contains(chosen, new)
+        for part in later:
+            fresh &= ~_contains(part, new)
+        new = new[fresh]
+        if round_ == 0:  # sorted runs merge in linear time with a stable sort
+            chosen = np.sort(np.concatenate([chosen, new]), kind="stable")
+        else:
+            later.append(new)
         deficit -= np.bincount(new // n_movies, minlength=len(counts))
 
-    keys = np.concatenate([chosen, extra])
-    keys.sort()
-    return keys, np.maximum(deficit, 0)
+    keys = np.sort(np.concatenate([chosen, *later]), kind="stable")
+    return keys, deficit
 
 
 def _sample_exact(
@@ -499,9 +532,11 @@ class _AliasSampler:
             (small if scaled[g] < 1.0 else large).append(g)
 
     def __call__(self, size: int, rng: np.random.Generator) -> np.ndarray:
-        column = rng.integers(0, len(self.alias), size)
-        keep = rng.random(size) < self.threshold[column]
-        return np.where(keep, column, self.alias[column]).astype(np.int64)
+        # One uniform gives both the column (integer part) and the coin (fraction).
+        spot = rng.random(size) * len(self.alias)
+        column = spot.astype(np.int64)
+        spot -= column
+        return np.where(spot < self.threshold[column], column, self.alias[column])
 
 
 def _unique_sorted(keys: np.ndarray) -> np.ndarray:
@@ -583,6 +618,34 @@ def _calibrate_side(model: PlantedModel, sd: float, rng: np.random.Generator) ->
     )
 
 
+def _target_mean(scale: RatingScale) -> float:
+    """ML-20M's mean rating where the scale has room for it, else two-thirds up the scale."""
+    if scale.low + 0.5 <= TARGET_MEAN <= scale.high - 0.5:
+        return TARGET_MEAN
+    return scale.low + 2 / 3 * (scale.high - scale.low)
+
+
+def _calibrate_mean(
+    model: PlantedModel,
+    user_index: np.ndarray,
+    movie_index: np.ndarray,
+    scale: RatingScale,
+    rng: np.random.Generator,
+) -> PlantedModel:
+    """Shift mu so the rounded ratings of the sampled pairs average :func:`_target_mean`.
+
+    Popular movies have higher biases and are rated more, and clipping pulls
+    the mean down, so mu is tuned on a probe of the actual pairs.
+    """
+    probe = rng.integers(0, len(user_index), min(len(user_index), 200_000))
+    users, movies = user_index[probe], movie_index[probe]
+    target = _target_mean(scale)
+    for _ in range(4):
+        mean = float(_rate(model, users, movies, scale, rng).mean())
+        model = replace(model, mu=model.mu + target - mean)
+    return model
+
+
 def _rate(
     model: PlantedModel,
     user_index: np.ndarray,
@@ -618,9 +681,13 @@ def _round_to_scale(raw: np.ndarray, scale: RatingScale, rng: np.random.Generato
 
 
 def _added_times(movie_ids: np.ndarray) -> np.ndarray:
-    """When each movie joined the catalogue: ids grow with time, as in MovieLens."""
+    """When each movie joined the catalogue: ids grow with time, as in MovieLens.
+
+    In ML-20M the lower half of the id range was in use by about 2009, 70% of
+    the way through its period; ``sqrt(position)`` matches that.
+    """
     position = movie_ids / max(int(movie_ids.max()), 1)
-    return FIRST_TIMESTAMP + (LAST_TIMESTAMP - FIRST_TIMESTAMP) * position**2
+    return FIRST_TIMESTAMP + (LAST_TIMESTAMP - FIRST_TIMESTAMP) * np.sqrt(position)
 
 
 def _timestamps(

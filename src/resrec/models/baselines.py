@@ -126,8 +126,8 @@ class Biases(DirectFitModel):
         n_users: int,
         n_movies: int,
         *,
-        reg_user: float = 15.0,
-        reg_movie: float = 10.0,
+        reg_user: float = 5.0,
+        reg_movie: float = 2.0,
         passes: int = 10,
     ) -> None:
         super().__init__(n_users, n_movies)

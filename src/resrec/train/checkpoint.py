@@ -14,11 +14,18 @@ either the old or the new checkpoint, never a torn one. It is loaded with
 ``torch.load(weights_only=True)``, which builds only tensors and plain Python
 values and never executes code from the file; :func:`save_checkpoint` checks
 that nothing else went in.
+
+A torch file detects a truncated archive but not an altered byte inside a
+tensor, so the file holds the serialised checkpoint as a byte tensor
+(``payload``) beside its sha256; :func:`load_checkpoint` checks the digest
+before reading the payload (with ``weights_only=True`` as well).
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
+import io
 import logging
 import os
 import random
@@ -103,30 +110,59 @@ def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
         previous checkpoint at ``path``, if any, is left as it was.
     """
     check_plain(checkpoint)
-    write_atomic(path, lambda f: torch.save(checkpoint, f))
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    payload = buffer.getvalue()
+    outer = {
+        "format": FORMAT,
+        "version": VERSION,
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8),
+    }
+    write_atomic(path, lambda f: torch.save(outer, f))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`, executing no code from it."""
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ModelFileError(f"checkpoint {path} does not exist") from None
-    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
-        raise ModelFileError(
-            f"checkpoint {path} cannot be read: it is damaged or not a resrec checkpoint "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
-            hint="start the training again with --overwrite",
-        ) from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    """Read a checkpoint written by :func:`save_checkpoint`, executing no code from it.
+
+    Raises
+    ------
+    ModelFileError
+        When the file is missing, truncated, altered or not a resrec checkpoint.
+    """
+    outer = _load_plain(path, path)
+    if not isinstance(outer, dict) or outer.get("format") != FORMAT:
         raise ModelFileError(f"{path} is not a resrec checkpoint")
-    if int(data.get("version", 0)) > VERSION:
+    if int(outer.get("version", 0)) > VERSION:
         raise ModelFileError(
-            f"checkpoint {path} has format version {data['version']}; this resrec reads "
+            f"checkpoint {path} has format version {outer['version']}; this resrec reads "
             f"version {VERSION} and older",
             hint="resume it with the resrec version that wrote it",
         )
+    payload = outer["payload"].numpy().tobytes()
+    if hashlib.sha256(payload).hexdigest() != outer.get("sha256"):
+        raise ModelFileError(
+            f"checkpoint {path} does not match its recorded sha256: it was altered",
+            hint="start the training again with --overwrite",
+        )
+    data = _load_plain(io.BytesIO(payload), path)
+    if not isinstance(data, dict):
+        raise ModelFileError(f"{path} is not a resrec checkpoint")
     return data
+
+
+def _load_plain(source: Path | io.BytesIO, path: Path) -> Any:
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelFileError(f"checkpoint {path} does not exist") from None
+    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        raise ModelFileError(
+            f"checkpoint {path} cannot be read: it is damaged or not a resrec checkpoint "
+            f"({type(exc).__name__}: {first_line})",
+            hint="start the training again with --overwrite",
+        ) from None
 
 
 def check_plain(value: Any, where: str = "checkpoint") -> None:
@@ -208,8 +244,8 @@ class Checkpointer:
     directory
         The run's staging directory.
     info
-        Extra plain values stored with every checkpoint (the config, the split
-        seed, the data file's sha256).
+        Extra plain values stored with every checkpoint (for example the data
+        source and its sha256); the config and the split seed are always stored.
     rank
         Only rank 0 writes; every rank must still call :meth:`save`, because
         the random-generator states of all ranks are gathered.
@@ -263,6 +299,8 @@ class Checkpointer:
             "trainer": trainer.state_dict(),
             "rng": states,
             "world_size": len(states),
+            "config": trainer.config.to_dict(),
+            "split_seed": trainer.config.seed,
             **self.info,
         }
         save_checkpoint(self.path, checkpoint)

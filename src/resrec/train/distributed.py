@@ -461,7 +461,7 @@ def launch_local(command: list[str], nproc: int, *, host: str = "127.0.0.1") -> 
 
 def _wait_all(procs: list[subprocess.Popen[bytes]], grace: float = 5.0) -> int:
     status = 0
-    while any(p.poll() is None for p in procs):
+    while [p.poll() for p in procs].count(None):
         failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
         if failed:
             status = status or failed[0]

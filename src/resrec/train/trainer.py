@@ -32,6 +32,8 @@ from resrec.config import TrainConfig
 from resrec.data.ratings import RatingScale
 from resrec.errors import ConfigError, DivergenceError
 from resrec.models.base import RatingModel
+from resrec.train.fused import FusedEngine, unsupported_reason
+from resrec.train.fused import predict_offsets as predict_fused
 from resrec.train.optim import (
     LazyAdagrad,
     LazyAdam,
@@ -139,6 +141,7 @@ class Trainer:
         generator: torch.Generator | None = None,
         shard: tuple[int, int] = (0, 1),
         sync: Synchronizer | None = None,
+        fused: bool | None = None,
     ) -> None:
         self.device = resolve_device(config.device)
         self.model = model.to(self.device)
@@ -161,6 +164,7 @@ class Trainer:
         self._targets = self.train.ratings - self.mu
         self.row_optimizer = self._make_row_optimizer()
         self.dense_optimizer = self._make_dense_optimizer()
+        self.fused = self._make_fused(fused)
 
     # -- construction ---------------------------------------------------------
 
@@ -187,6 +191,20 @@ class Trainer:
                 params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.l2_dense, foreach=True
             )
         return torch.optim.Adagrad(params, lr=c.lr, eps=c.eps, weight_decay=c.l2_dense)
+
+    def _make_fused(self, wanted: bool | None) -> FusedEngine | None:
+        """The autograd-free step of :mod:`resrec.train.fused` where it applies.
+
+        ``wanted``: None uses it when it can; False never; True insists.
+        """
+        reason = unsupported_reason(self.model, self.row_optimizer, self.dense_optimizer)
+        if self.sync is not None or self.world_size != 1 or self.device.type != "cpu":
+            reason = "distributed or non-CPU training"
+        if wanted is False or (reason is not None and wanted is None):
+            return None
+        if reason is not None:
+            raise ConfigError(f"the fused training step cannot be used: {reason}")
+        return FusedEngine(self.model, self.row_optimizer, self.dense_optimizer, l2=self.config.l2)
 
     # -- one epoch --------------------------------------------------------------
 
@@ -236,6 +254,9 @@ class Trainer:
         return 0.0
 
     def _train_pass(self, progress: ProgressCallback | None) -> tuple[float, float]:
+        if self.fused is not None:
+            self.model.train()
+            return self.fused.train_pass(self, progress)
         model, c = self.model, self.config
         model.train()
         tables = model.row_tables()
@@ -320,6 +341,8 @@ class Trainer:
     def predict_offsets(self, examples: Examples) -> Tensor:
         """Raw model outputs (prediction minus mu, unclipped) for every example."""
         self.model.eval()
+        if self.fused is not None:
+            return predict_fused(self.model, examples.users, examples.movies)
         out = torch.empty(len(examples), dtype=torch.float32, device=self.device)
         size = self.config.eval_batch_size
         for lo in range(0, len(examples), size):

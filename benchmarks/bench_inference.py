@@ -1,0 +1,140 @@
+"""Benchmark in-process inference at ML-20M scale with a random (untrained) model.
+
+Prints the median latency of a top-10 recommendation for one user over all
+movies (target: <= 5 ms) and the throughput of batch scoring, in memory and
+from CSV file to CSV file (target: >= 1M pairs/s).
+
+    .venv/bin/python benchmarks/bench_inference.py            # ML-20M shape
+    .venv/bin/python benchmarks/bench_inference.py --users 943 --movies 1682
+
+The model has the tutorial's shape (K=10, 400 ELU units); its weights are the
+seeded initial ones, which cost the same to evaluate as trained ones. Each
+user gets ``--rated`` random training ratings, excluded from the top-N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from resrec.config import preset
+from resrec.data.ratings import HALF_STARS
+from resrec.ids import IdMap
+from resrec.inference import Recommender
+from resrec.models.base import build_model
+
+
+def build(n_users: int, n_movies: int, rated: int, seed: int = 0) -> Recommender:
+    config = preset("tutorial")
+    model = build_model(config, n_users, n_movies, seed=seed)
+    rng = np.random.default_rng(seed)
+    users = np.repeat(np.arange(n_users), rated)
+    movies = rng.integers(0, n_movies, size=users.size)
+    movies[:n_movies] = np.arange(n_movies)  # every movie has a training rating
+    user_map = IdMap(np.arange(1, n_users + 1), "user")
+    movie_map = IdMap(np.arange(1, n_movies + 1) * 5, "movie")
+    return Recommender(
+        model, user_map, movie_map, 3.5, HALF_STARS, users, movies, name="random model"
+    )
+
+
+def time_calls(fn: object, args: list[int], repeat: int) -> tuple[list[float], list[float]]:
+    """Wall-clock and CPU seconds (this thread) of each call."""
+    wall, cpu = [], []
+    for i in range(repeat):
+        started, started_cpu = time.perf_counter(), time.thread_time()
+        fn(args[i % len(args)])  # type: ignore[operator]
+        wall.append(time.perf_counter() - started)
+        cpu.append(time.thread_time() - started_cpu)
+    return wall, cpu
+
+
+def bench_top_n(rec: Recommender, repeat: int) -> None:
+    rng = np.random.default_rng(1)
+    user_ids = [int(u) for u in rng.choice(rec.user_map.raw_ids, size=repeat)]
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        time_calls(lambda u: rec.recommend(u, n=10), user_ids, 20)  # warm up
+        wall, cpu = time_calls(lambda u: rec.recommend(u, n=10), user_ids, repeat)
+        scores, _ = time_calls(rec.scores, user_ids, repeat)
+        print(
+            f"top-10 over {rec.n_movies:,} movies, {threads} thread(s): "
+            f"median {1e3 * statistics.median(wall):.2f} ms "
+            f"(p90 {1e3 * np.percentile(wall, 90):.2f} ms; all-movie scores alone "
+            f"{1e3 * statistics.median(scores):.2f} ms) over {repeat} users"
+            + (f"; CPU time median {1e3 * statistics.median(cpu):.2f} ms" if threads == 1 else "")
+        )
+
+
+def bench_pairs(rec: Recommender, n_pairs: int) -> None:
+    rng = np.random.default_rng(2)
+    users = rng.integers(0, rec.n_users, n_pairs)
+    movies = rng.integers(0, rec.n_movies, n_pairs)
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        rec.predict_indices(users[:10_000], movies[:10_000])
+        started = time.perf_counter()
+        rec.predict_indices(users, movies)
+        seconds = time.perf_counter() - started
+        print(
+            f"batch scoring in memory, {threads} thread(s): {n_pairs / seconds:,.0f} pairs/s "
+            f"({n_pairs:,} pairs in {seconds:.2f} s)"
+        )
+
+
+def bench_file(rec: Recommender, n_pairs: int) -> None:
+    rng = np.random.default_rng(3)
+    user_ids = rng.choice(rec.user_map.raw_ids, n_pairs)
+    movie_ids = rng.choice(rec.movie_map.raw_ids, n_pairs)
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "pairs.csv", Path(tmp) / "scores.csv"
+        body = np.char.add(np.char.add(user_ids.astype(str), ","), movie_ids.astype(str))
+        src.write_text("user_id,movie_id\n" + "\n".join(body.tolist()) + "\n")
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            report = rec.score_file(src, dst)
+            print(
+                f"batch scoring CSV to CSV, {threads} thread(s): "
+                f"{report.scored / report.seconds:,.0f} pairs/s ({report.scored:,} pairs in "
+                f"{report.seconds:.2f} s, {os.path.getsize(src) / 1e6:.0f} MB in, "
+                f"{report.bad} bad rows)"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--users", type=int, default=138_493)
+    parser.add_argument("--movies", type=int, default=26_744)
+    parser.add_argument("--rated", type=int, default=20, help="training ratings per user")
+    parser.add_argument("--repeat", type=int, default=300, help="users timed for top-N")
+    parser.add_argument("--pairs", type=int, default=2_000_000, help="pairs scored in memory")
+    parser.add_argument("--file-pairs", type=int, default=1_000_000, help="pairs in the CSV")
+    parser.add_argument(
+        "--only", choices=["top-n", "pairs", "file"], help="run one of the three benchmarks"
+    )
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    rec = build(args.users, args.movies, args.rated)
+    print(
+        f"random tutorial-shaped model: {args.users:,} users, {args.movies:,} movies, "
+        f"K=10, 400 ELU units; built in {time.perf_counter() - started:.1f} s; "
+        f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}"
+    )
+    if args.only in (None, "top-n"):
+        bench_top_n(rec, args.repeat)
+    if args.only in (None, "pairs"):
+        bench_pairs(rec, args.pairs)
+    if args.only in (None, "file"):
+        bench_file(rec, args.file_pairs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,354 @@
+"""The HTTP API and its web page: a FastAPI app around one loaded :class:`Recommender`.
+
+>>> app = create_app(Recommender.load("runs/ml-100k-tutorial"))
+>>> uvicorn.run(app, host="127.0.0.1", port=8000)      # or: resrec serve RUN
+
+Endpoints (JSON; the OpenAPI schema is at ``/openapi.json``, its pages at ``/docs``):
+
+==========================================  =============================================
+``GET  /api/health``                        the run, its size, the rating scale
+``GET  /api/predict?user_id&movie_id``      one prediction (``fallback=true`` for unknown ids)
+``GET  /api/explain?user_id&movie_id``      a prediction and its additive terms
+``GET  /api/users``                         user_ids of the run (for pickers)
+``GET  /api/users/{user_id}/recommendations``  top-N for a user
+``POST /api/recommendations``               top-N for a new user from posted ratings
+``GET  /api/movies/search?q``               movies by title
+``GET  /api/movies/{movie_id}``             one movie
+``GET  /api/movies/{movie_id}/similar``     nearest movies by embedding cosine
+``GET  /``                                  the web page (``/static/*`` its files)
+==========================================  =============================================
+
+Every mistake in a request gets a 4xx JSON answer ``{"detail": ..., "hint": ...}``:
+404 for an unknown id, 422 for a value outside what is allowed. The
+recommender is read-only, so requests run concurrently in the server's
+thread pool without locks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from importlib import resources
+from typing import Annotated, Any, Literal
+
+from fastapi import Body, FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+
+from resrec import __version__
+from resrec.errors import ConfigError, ResrecError, UnknownIdError
+from resrec.inference import Recommender
+
+log = logging.getLogger(__name__)
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_N = 1000
+MAX_RATINGS = 10_000
+
+RawId = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+UserIdQuery = Annotated[int, Query(ge=INT64_MIN, le=INT64_MAX, description="user_id")]
+MovieIdQuery = Annotated[int, Query(ge=INT64_MIN, le=INT64_MAX, description="movie_id")]
+UserIdPath = Annotated[int, Path(ge=INT64_MIN, le=INT64_MAX, description="user_id")]
+MovieIdPath = Annotated[int, Path(ge=INT64_MIN, le=INT64_MAX, description="movie_id")]
+CountQuery = Annotated[int, Query(ge=1, le=MAX_N, description="How many movies to return.")]
+FallbackQuery = Annotated[
+    bool,
+    Query(description="Use the bias estimate for an unknown user or movie instead of a 404."),
+]
+ExplainQuery = Annotated[bool, Query(description="Add each prediction's additive terms.")]
+
+
+# --------------------------------------------------------------------------- schemas
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class MovieOut(_Out):
+    movie_id: int
+    title: str | None = Field(description="None when no movie metadata lists it.")
+    genres: list[str]
+    n_ratings: int = Field(description="Training ratings; 0 means the model cannot score it.")
+    known: bool = Field(description="Whether the model can score this movie.")
+
+
+class ExplanationOut(_Out):
+    """``raw = mu + user_bias + movie_bias + dot + side``; ``prediction`` is ``raw`` clipped."""
+
+    mu: float
+    user_bias: float
+    movie_bias: float
+    dot: float
+    side: float
+    raw: float
+    prediction: float
+
+
+class PredictionOut(_Out):
+    user_id: int | None
+    movie: MovieOut
+    prediction: float = Field(description="Clipped to the rating scale.")
+    raw: float = Field(description="Before clipping.")
+    estimate: Literal["model", "folded-in", "fallback"]
+    note: str | None = None
+    explanation: ExplanationOut | None = None
+
+
+class RecommendationOut(_Out):
+    rank: int
+    movie: MovieOut
+    prediction: float
+    raw: float
+    explanation: ExplanationOut | None = None
+
+
+class RecommendationsOut(_Out):
+    user_id: int | None
+    items: list[RecommendationOut]
+    estimate: Literal["model", "folded-in", "fallback"]
+    excluded_rated: int
+    candidates: int
+    note: str | None = None
+    reason: str | None = Field(None, description="Why the list is empty or short.")
+
+
+class SimilarMovieOut(_Out):
+    movie: MovieOut
+    similarity: float
+
+
+class SimilarMoviesOut(_Out):
+    movie: MovieOut
+    items: list[SimilarMovieOut]
+
+
+class ScaleOut(BaseModel):
+    low: float
+    high: float
+    step: float
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+    version: str
+    run: str
+    model: str
+    n_users: int
+    n_movies: int
+    known_users: int
+    known_movies: int
+    movie_metadata: bool
+    rating_scale: ScaleOut
+
+
+class UserOut(BaseModel):
+    user_id: int
+    n_ratings: int
+
+
+class UsersOut(BaseModel):
+    total: int
+    items: list[UserOut]
+
+
+class RatingIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    movie_id: RawId
+    rating: Annotated[float, Field(allow_inf_nan=False, description="On the run's rating scale.")]
+
+
+class NewUserIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ratings: Annotated[list[RatingIn], Field(min_length=1, max_length=MAX_RATINGS)]
+    n: Annotated[int, Field(ge=1, le=MAX_N)] = 10
+    include_rated: bool = False
+    explain: bool = False
+    unknown: Literal["error", "ignore"] = Field(
+        "error", description="What to do with a rated movie the model does not know."
+    )
+
+
+class ErrorOut(BaseModel):
+    detail: str
+    hint: str | None = None
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "Unknown user_id or movie_id"},
+    422: {"description": "A value outside what is allowed"},
+}
+
+
+# --------------------------------------------------------------------------- app
+
+
+def create_app(recommender: Recommender) -> FastAPI:
+    """The FastAPI app serving ``recommender`` (loaded once, shared read-only)."""
+    app = FastAPI(
+        title="resrec",
+        version=__version__,
+        description="Rating predictions and recommendations from a residual-network "
+        "recommender trained on MovieLens. Ids are raw MovieLens ids.",
+    )
+    app.state.recommender = recommender
+    app.add_exception_handler(ResrecError, _resrec_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    _add_routes(app, recommender)
+    web = resources.files("resrec") / "web"
+    app.mount("/static", StaticFiles(directory=str(web)), name="static")
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """App factory for ``uvicorn --factory`` with several workers.
+
+    Reads the run from ``RESREC_RUN``, optional metadata from ``RESREC_MOVIES``
+    and the torch threads per process from ``RESREC_THREADS`` (default 1).
+    """
+    import torch
+
+    run = os.environ.get("RESREC_RUN")
+    if not run:
+        raise ConfigError("RESREC_RUN must name the run directory to serve")
+    torch.set_num_threads(int(os.environ.get("RESREC_THREADS") or 1))
+    return create_app(Recommender.load(run, os.environ.get("RESREC_MOVIES") or None))
+
+
+async def _resrec_error(request: Request, exc: ResrecError) -> JSONResponse:
+    status = 404 if isinstance(exc, UnknownIdError) else 422
+    return JSONResponse({"detail": exc.message, "hint": exc.hint}, status_code=status)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 answer without the offending input echoed back.
+
+    The input can be a value JSON cannot hold (``NaN`` in a posted body), which
+    would turn the answer into a 500.
+    """
+    detail = [
+        {"loc": [str(part) for part in error.get("loc", ())], "msg": str(error.get("msg", ""))}
+        for error in exc.errors()
+    ]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+def _add_routes(app: FastAPI, rec: Recommender) -> None:
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(str(resources.files("resrec") / "web" / "index.html"))
+
+    @app.get("/api/health", response_model=HealthOut, tags=["service"])
+    def health() -> HealthOut:
+        """The served run and its size."""
+        return HealthOut(
+            status="ok",
+            version=__version__,
+            run=rec.name,
+            model=rec.kind,
+            n_users=rec.n_users,
+            n_movies=rec.n_movies,
+            known_users=int(rec.trained_users.sum()),
+            known_movies=int(rec.trained_movies.sum()),
+            movie_metadata=rec.movies is not None,
+            rating_scale=ScaleOut(**rec.scale.to_dict()),
+        )
+
+    @app.get("/api/predict", response_model=PredictionOut, responses=ERRORS, tags=["predict"])
+    def predict(
+        user_id: UserIdQuery, movie_id: MovieIdQuery, fallback: FallbackQuery = False
+    ) -> PredictionOut:
+        """The prediction for one user and movie, clipped to the rating scale."""
+        result = rec.predict(user_id, movie_id, fallback=fallback)
+        out = PredictionOut.model_validate(result)
+        out.explanation = None
+        return out
+
+    @app.get("/api/explain", response_model=PredictionOut, responses=ERRORS, tags=["predict"])
+    def explain(
+        user_id: UserIdQuery, movie_id: MovieIdQuery, fallback: FallbackQuery = False
+    ) -> PredictionOut:
+        """A prediction with mu, biases, dot product and side branch, which sum to ``raw``."""
+        return PredictionOut.model_validate(rec.explain(user_id, movie_id, fallback=fallback))
+
+    @app.get("/api/users", response_model=UsersOut, tags=["users"])
+    def users(
+        limit: Annotated[int, Query(ge=1, le=MAX_N)] = 20,
+        offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
+    ) -> UsersOut:
+        """user_ids with training ratings, in ascending order."""
+        items = [UserOut(user_id=u, n_ratings=c) for u, c in rec.users(limit, offset)]
+        return UsersOut(total=int(rec.trained_users.sum()), items=items)
+
+    @app.get(
+        "/api/users/{user_id}/recommendations",
+        response_model=RecommendationsOut,
+        responses=ERRORS,
+        tags=["recommend"],
+    )
+    def user_recommendations(
+        user_id: UserIdPath,
+        n: CountQuery = 10,
+        include_rated: Annotated[bool, Query(description="Keep movies rated in training.")] = False,
+        fallback: FallbackQuery = False,
+        explain: ExplainQuery = False,
+    ) -> RecommendationsOut:
+        """The user's top-N movies by prediction, without those rated in training."""
+        result = rec.recommend(
+            user_id, n, include_rated=include_rated, fallback=fallback, explain=explain
+        )
+        return RecommendationsOut.model_validate(result)
+
+    @app.post(
+        "/api/recommendations",
+        response_model=RecommendationsOut,
+        responses=ERRORS,
+        tags=["recommend"],
+    )
+    def new_user_recommendations(body: Annotated[NewUserIn, Body()]) -> RecommendationsOut:
+        """Fold a new user in from a few ratings and return their top-N."""
+        result = rec.recommend_for_ratings(
+            [(r.movie_id, r.rating) for r in body.ratings],
+            body.n,
+            include_rated=body.include_rated,
+            unknown=body.unknown,
+            explain=body.explain,
+        )
+        return RecommendationsOut.model_validate(result)
+
+    @app.get("/api/movies/search", response_model=list[MovieOut], responses=ERRORS, tags=["movies"])
+    def search(
+        q: Annotated[str, Query(min_length=1, max_length=200, description="Part of a title.")],
+        limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    ) -> list[MovieOut]:
+        """Movies whose title contains ``q`` (case-insensitive), movies the model knows first."""
+        if rec.movies is None:
+            raise UnknownIdError(
+                "no movie metadata is loaded, so titles cannot be searched",
+                hint="restart the server with --movies PATH",
+            )
+        return [MovieOut.model_validate(m) for m in rec.search_movies(q, limit)]
+
+    @app.get("/api/movies/{movie_id}", response_model=MovieOut, responses=ERRORS, tags=["movies"])
+    def movie(movie_id: MovieIdPath) -> MovieOut:
+        """One movie: title, genres and how many training ratings the model saw."""
+        found = rec.movie(movie_id)
+        if found.n_ratings == 0 and found.title is None:
+            raise UnknownIdError(
+                f"unknown movie_id {movie_id}: neither the model nor the metadata has it"
+            )
+        return MovieOut.model_validate(found)
+
+    @app.get(
+        "/api/movies/{movie_id}/similar",
+        response_model=SimilarMoviesOut,
+        responses=ERRORS,
+        tags=["movies"],
+    )
+    def similar(movie_id: MovieIdPath, n: CountQuery = 10) -> SimilarMoviesOut:
+        """Movies with the most similar embeddings (cosine; ignores biases and side branch)."""
+        return SimilarMoviesOut.model_validate(rec.similar(movie_id, n))

@@ -1,0 +1,247 @@
+"""Checkpoints and resume: an interrupted training continues to the same result."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from resrec.cli import app
+from resrec.config import TrainConfig, preset
+from resrec.data.ratings import Ratings
+from resrec.errors import ConfigError, ModelFileError
+from resrec.train.checkpoint import Checkpointer, check_plain, load_checkpoint
+from resrec.workflow import fit
+from tests.conftest import planted_ratings, write_udata
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMINGS = ("train_seconds", "elapsed_seconds")
+
+
+class _Stop(Exception):
+    """Stands in for a crash after an epoch."""
+
+
+def _without_timings(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    return [{k: v for k, v in row.items() if k not in TIMINGS} for row in history]
+
+
+def _interrupted_then_resumed(
+    ratings: Ratings, config: TrainConfig, folder: Path, stop_after: int
+) -> dict:
+    def crash(record: dict[str, float]) -> None:
+        if record["epoch"] == stop_after:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        fit(ratings, config, checkpointer=Checkpointer(folder), on_epoch=crash)
+    checkpoint = load_checkpoint(folder / "checkpoint.pt")
+    assert checkpoint["trainer"]["epoch"] == stop_after
+    result = fit(ratings, config, checkpointer=Checkpointer(folder), resume=checkpoint)
+    assert result.metrics["resumed_from_epoch"] == stop_after
+    return {"history": result.history, "metrics": result.metrics, "model": result.model}
+
+
+CONFIGS = {
+    # The tutorial's SGD with Keras momentum (the fused CPU step).
+    "tutorial": preset("tutorial").replace(epochs=4, batch_size=64, hidden=(16,)),
+    # Adam with dropout: the autograd step, and torch's global generator matters.
+    "adam-dropout": preset("fast").replace(
+        epochs=4, batch_size=64, lr=0.01, dropout=0.3, hidden=(16,)
+    ),
+    # Early stopping: the best epoch's weights travel in the checkpoint.
+    "early-stopping": preset("tutorial").replace(
+        epochs=12, batch_size=64, lr=0.05, valid_fraction=0.1, early_stopping=2, hidden=(16,)
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_resumed_training_equals_uninterrupted(
+    name: str, small_ratings: Ratings, tmp_path: Path
+) -> None:
+    config = CONFIGS[name]
+    whole = fit(small_ratings, config)
+    resumed = _interrupted_then_resumed(small_ratings, config, tmp_path, stop_after=2)
+
+    assert _without_timings(resumed["history"]) == _without_timings(whole.history)
+    assert resumed["metrics"]["test"] == whole.metrics["test"]
+    for key, tensor in whole.model.state_dict().items():
+        assert torch.equal(resumed["model"].state_dict()[key], tensor), key
+
+
+def test_checkpoint_holds_only_tensors_and_plain_values(
+    small_ratings: Ratings, tmp_path: Path
+) -> None:
+    config = CONFIGS["adam-dropout"].replace(epochs=1)
+    fit(small_ratings, config, checkpointer=Checkpointer(tmp_path, info={"note": "x"}))
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")  # weights_only=True inside
+    check_plain(checkpoint)
+    assert checkpoint["config"] == config.to_dict()
+    assert checkpoint["split_seed"] == config.seed and checkpoint["note"] == "x"
+    assert checkpoint["trainer"]["generator"].dtype == torch.uint8
+    assert set(checkpoint["rng"][0]) >= {"torch", "numpy", "python"}
+    assert not [p for p in tmp_path.iterdir() if p.name != "checkpoint.pt"]  # no temp files
+
+
+def test_checkpoint_refuses_objects_that_would_need_code_to_load() -> None:
+    with pytest.raises(TypeError, match="Path"):
+        check_plain({"trainer": {"where": Path("x")}})
+
+
+class _Payload:
+    def __reduce__(self) -> tuple:
+        return (os.system, ("touch pwned",))
+
+
+def test_loading_a_checkpoint_executes_no_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    torch.save({"format": "resrec-checkpoint", "evil": _Payload()}, tmp_path / "checkpoint.pt")
+    with pytest.raises(ModelFileError, match="cannot be read"):
+        load_checkpoint(tmp_path / "checkpoint.pt")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_resume_refuses_a_changed_model(small_ratings: Ratings, tmp_path: Path) -> None:
+    config = CONFIGS["tutorial"].replace(epochs=1)
+    fit(small_ratings, config, checkpointer=Checkpointer(tmp_path))
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
+    with pytest.raises(ConfigError, match="embedding_dim"):
+        fit(small_ratings, config.replace(embedding_dim=4, epochs=2), resume=checkpoint)
+
+
+# -- the command line: SIGKILL in the middle of an epoch, then --resume ----------
+
+
+def _resrec(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "resrec", *args],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "RESREC_CACHE_DIR": str(tmp_path / "cache")}
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def _wait_for_new_checkpoint(
+    path: Path, previous: tuple[int, int] | None, proc: subprocess.Popen[str]
+) -> tuple[int, int]:
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        stamp = _stamp(path)
+        if stamp is not None and stamp != previous:
+            return stamp
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        time.sleep(0.005)
+    raise AssertionError("no checkpoint appeared")
+
+
+def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_result(tmp_path: Path) -> None:
+    # About 1,500 steps an epoch: 0.3 to 1 s here, long enough to land inside one.
+    data = write_udata(
+        tmp_path / "u.data", planted_ratings(n_users=500, n_movies=400, n=30000, seed=3)
+    )
+    args = ["train", "--ratings", str(data), "--epochs", "6", "--batch-size", "16"]
+    args += ["--seed", "2", "--no-progress"]
+
+    reference = _resrec(tmp_path, *args, "--out", "whole")
+    assert reference.returncode == 0, reference.stderr
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "resrec", *args, "--out", "run"],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    checkpoint = tmp_path / "run.partial" / "checkpoint.pt"
+    try:
+        first = _wait_for_new_checkpoint(checkpoint, None, proc)
+        started = time.monotonic()
+        _wait_for_new_checkpoint(checkpoint, first, proc)
+        epoch_seconds = time.monotonic() - started
+        time.sleep(epoch_seconds / 2)  # halfway through the next epoch
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+    assert not (tmp_path / "run").exists()  # an interrupted run never looks complete
+    saved_epoch = load_checkpoint(checkpoint)["trainer"]["epoch"]
+    assert 2 <= saved_epoch < 6
+
+    resumed = _resrec(tmp_path, "train", "--resume", "run", "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert not (tmp_path / "run.partial").exists()
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+    whole, run = tmp_path / "whole", tmp_path / "run"
+    assert (run / "history.csv").read_bytes() == (whole / "history.csv").read_bytes()
+    metrics = [json.loads((d / "metrics.json").read_text()) for d in (whole, run)]
+    assert metrics[1]["test"] == metrics[0]["test"]
+    assert metrics[1]["resumed_from_epoch"] == saved_epoch
+    weights = [load_file(str(d / "weights.safetensors")) for d in (whole, run)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_resume_of_a_missing_or_complete_run_is_a_clean_error(tmp_path: Path) -> None:
+    from resrec.run import StagedRun
+
+    with pytest.raises(ConfigError, match="no unfinished run"):
+        StagedRun.reopen(tmp_path / "nothing")
+    (tmp_path / "done").mkdir()
+    with pytest.raises(ConfigError, match="complete run"):
+        StagedRun.reopen(tmp_path / "done")
+
+
+def test_resume_refuses_a_changed_ratings_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import resrec.cli.train as cli_train
+
+    real_fit = cli_train.fit
+
+    def crash_after_first_epoch(*args: Any, **kwargs: Any) -> Any:
+        def crash(record: dict[str, float]) -> None:
+            raise _Stop
+
+        return real_fit(*args, **{**kwargs, "on_epoch": crash})
+
+    data = write_udata(tmp_path / "u.data", planted_ratings(seed=1))
+    monkeypatch.setattr(cli_train, "fit", crash_after_first_epoch)
+    args = ["train", "--ratings", str(data), "--epochs", "3", "--out", str(tmp_path / "run")]
+    assert isinstance(CliRunner().invoke(app, args).exception, _Stop)
+    assert load_checkpoint(tmp_path / "run.partial" / "checkpoint.pt")["trainer"]["epoch"] == 1
+
+    monkeypatch.setattr(cli_train, "fit", real_fit)
+    write_udata(data, planted_ratings(seed=2))
+    result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "run")])
+    assert isinstance(result.exception, ConfigError)
+    assert "changed since the run started" in result.exception.message
