@@ -14,9 +14,11 @@ evaluation) of:
     .venv/bin/python benchmarks/bench_distributed.py --batch-sizes 1024,8192 --nproc 2,4
     .venv/bin/python benchmarks/bench_distributed.py --ratings ../shared/data/ml-100k/u.data
 
-Every variant trains the same global batches; with the default automatic
-thread count, one process uses one thread for batches under 1,024 and the
-machine's cores otherwise, and N processes on one machine share the cores.
+Every variant trains the same global batches. With the automatic thread
+count (``--threads 0``), one process uses one thread for batches under 1,024
+and all the machine's cores otherwise, and N processes on one machine share
+the cores; ``--threads 1`` gives each process one core, which shows the
+scaling alone (and avoids slow, oversubscribed thread pools on a busy machine).
 """
 
 from __future__ import annotations
@@ -52,7 +54,9 @@ def synthetic(n_users: int, n_movies: int, n: int, seed: int = 0) -> Ratings:
     return Ratings.from_arrays(users + 1, movies + 1, rating, scale=HALF_STARS)
 
 
-def train_once(data: Path, batch_size: int, epochs: int, out: Path, group: bool) -> None:
+def train_once(
+    data: Path, batch_size: int, epochs: int, threads: int, out: Path, group: bool
+) -> None:
     """One rank's training; rank 0 writes its throughput to ``out``."""
     from resrec.workflow import fit
 
@@ -62,7 +66,9 @@ def train_once(data: Path, batch_size: int, epochs: int, out: Path, group: bool)
             ratings = Ratings.from_arrays(
                 arrays["user_id"], arrays["movie_id"], arrays["rating"], scale=HALF_STARS
             )
-        config = preset("tutorial").replace(batch_size=batch_size, epochs=epochs, test_fraction=0.1)
+        config = preset("tutorial").replace(
+            batch_size=batch_size, epochs=epochs, threads=threads, test_fraction=0.1
+        )
         result = fit(ratings, config, process=process)
         seconds = sum(row["train_seconds"] for row in result.history)
         n_train = result.metrics["split"]["sizes"]["train"]
@@ -81,11 +87,11 @@ def train_once(data: Path, batch_size: int, epochs: int, out: Path, group: bool)
         distributed.shutdown()
 
 
-def measure(data: Path, batch_size: int, epochs: int, nproc: int, group: bool) -> dict:
+def measure(args: argparse.Namespace, data: Path, batch_size: int, nproc: int, group: bool) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "result.json"
         command = [sys.executable, __file__, "--worker", str(data), str(batch_size)]
-        command += [str(epochs), str(out), "group" if group else "plain"]
+        command += [str(args.epochs), str(args.threads), str(out), "group" if group else "plain"]
         status = distributed.launch_local(command, nproc) if nproc > 1 else _single(command)
         if status != 0:
             raise SystemExit(f"benchmark run failed with status {status}")
@@ -111,6 +117,9 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="128,1024,8192")
     parser.add_argument("--nproc", default="2", help="process counts besides 1, e.g. 2,4")
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads per process (0: automatic)"
+    )
     args = parser.parse_args()
 
     if args.ratings is not None:
@@ -133,7 +142,7 @@ def main() -> None:
         for batch_size in map(int, args.batch_sizes.split(",")):
             for name, nproc, group in variants:
                 started = time.perf_counter()
-                r = measure(data, batch_size, args.epochs, nproc, group)
+                r = measure(args, data, batch_size, nproc, group)
                 wall = time.perf_counter() - started
                 print(
                     f"{batch_size:>6}  {name:<26}{r['ratings_per_s']:>12,.0f}"
@@ -144,7 +153,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        data, batch, epochs, out, mode = sys.argv[2:7]
-        train_once(Path(data), int(batch), int(epochs), Path(out), mode == "group")
+        data, batch, epochs, threads, out, mode = sys.argv[2:8]
+        train_once(Path(data), int(batch), int(epochs), int(threads), Path(out), mode == "group")
     else:
         main()

@@ -11,8 +11,10 @@ Protocol (each seed):
    first 10 and predict the rest.
 4. Report the RMSE over all those other ratings (pooled), and the mean of the
    per-user RMSEs, for: the bias-only fallback an unknown user gets
-   (``mu + movie bias``), fold-in of the bias alone, and fold-in of embedding
-   and bias (the default), plus the default with a weaker and a stronger prior.
+   (``mu + movie bias``), the full model for the average trained user (the
+   prior mean, which is what fold-in starts from), fold-in of the bias alone,
+   and fold-in of embedding and bias (the default), plus the default with a
+   weaker and a stronger prior.
 
     RESREC_DATA_DIR=../shared/data .venv/bin/python benchmarks/foldin_ml100k.py
     .venv/bin/python benchmarks/foldin_ml100k.py --data path/to/ml-100k/u.data --seeds 0 1 2
@@ -42,6 +44,7 @@ FOLD_IN = 10
 HELD_OUT_USERS = 0.2
 METHODS = {
     "bias-only fallback (mu + movie bias)": None,
+    "average user (prior mean, ratings unused)": {"prior_weight": 1e12},
     "fold-in, bias only": {"factors": False},
     "fold-in, embedding + bias (default)": {},
     "fold-in, prior x0.1": {"prior_weight": 0.1},

@@ -37,6 +37,7 @@ from typer.testing import CliRunner
 
 from resrec.cli import app
 from resrec.config import TrainConfig, preset
+from resrec.errors import ConfigError
 from resrec.train import distributed
 from resrec.train.distributed import _Layout
 from tests.conftest import planted_ratings, write_udata
@@ -244,6 +245,36 @@ def test_nproc_relaunches_the_same_command_without_nproc(
     assert tail[tail.index("--ratings") + 1] == "r.csv"
     assert tail[tail.index("--epochs") + 1] == "3"
     assert "--no-progress" in tail
+
+
+def test_device_auto_trains_where_torch_sees_a_device() -> None:
+    from resrec.workflow import fit
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert distributed.check_device("auto", None).type == expected
+    assert distributed.backend_for(torch.device("cuda")) == "nccl"
+    assert distributed.backend_for(torch.device("cpu")) == "gloo"
+    config = _config("residual").replace(device="auto", epochs=1)
+    result = fit(planted_ratings(), config)
+    assert next(result.model.parameters()).device.type == expected
+    assert np.isfinite(result.metrics["test"]["rmse"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")
+def test_cuda_without_a_gpu_is_a_clean_error() -> None:
+    with pytest.raises(ConfigError, match="no GPU"):
+        distributed.check_device("cuda", None)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_on_the_gpu_matches_the_cpu() -> None:
+    from resrec.workflow import fit
+
+    config = _config("residual")
+    on_cpu = fit(planted_ratings(), config.replace(device="cpu"))
+    on_gpu = fit(planted_ratings(), config.replace(device="cuda"))
+    assert next(on_gpu.model.parameters()).is_cuda
+    assert on_gpu.metrics["test"]["rmse"] == pytest.approx(on_cpu.metrics["test"]["rmse"], rel=1e-3)
 
 
 def test_message_layout_round_trip_equals_the_whole_batch() -> None:

@@ -22,7 +22,7 @@ import resrec.train.checkpoint as checkpoint_module
 from resrec.cli import app
 from resrec.config import preset
 from resrec.data.ratings import Ratings
-from resrec.errors import ConfigError, DivergenceError, ModelFileError
+from resrec.errors import DivergenceError, ModelFileError, ResrecError
 from resrec.run import save_run
 from resrec.train.checkpoint import Checkpointer, load_checkpoint
 from resrec.train.trainer import Trainer
@@ -35,6 +35,13 @@ QUICK = preset("tutorial").replace(epochs=3, batch_size=64, hidden=(16,))
 def _train(udata: Path, out: Path, *extra: str) -> Any:
     args = ["train", "--ratings", str(udata), "--epochs", "3", "--batch-size", "64"]
     return runner.invoke(app, [*args, "--hidden", "16", "--out", str(out), *extra])
+
+
+def _error(result: Any) -> str:
+    """The error a command reported, message and hint (as printed, or as raised)."""
+    if isinstance(result.exception, ResrecError):
+        return str(result.exception)
+    return str(result.output)
 
 
 def _no_nan_anywhere(folder: Path) -> None:
@@ -83,9 +90,8 @@ def test_cli_divergence_keeps_the_checkpoint_and_resume_finishes(
     out = tmp_path / "run"
     result = _train(udata_file, out, "--momentum", "0.99")
     assert result.exit_code == 1
-    assert isinstance(result.exception, DivergenceError)
-    assert "epoch 3" in result.exception.message
-    assert "--resume" in (result.exception.hint or "")
+    assert "training diverged" in _error(result) and "epoch 3" in _error(result)
+    assert "--resume" in _error(result)
 
     assert not out.exists()
     staging = tmp_path / "run.partial"
@@ -144,8 +150,7 @@ def test_out_under_a_file_fails_before_training(
     blocker.write_text("not a folder")
     result = _train(udata_file, blocker / "run")
     assert result.exit_code == 1
-    assert isinstance(result.exception, ModelFileError)
-    assert "cannot write" in result.exception.message
+    assert "cannot write" in _error(result)
 
 
 def test_permission_denied_fails_before_training(
@@ -157,9 +162,8 @@ def test_permission_denied_fails_before_training(
     monkeypatch.setattr(cli_train, "fit", _must_not_train)
     monkeypatch.setattr(Path, "mkdir", denied)
     result = _train(udata_file, tmp_path / "locked" / "run")
-    assert isinstance(result.exception, ModelFileError)
-    assert "permission denied" in result.exception.message
-    assert result.exception.hint and "--out" in result.exception.hint
+    assert result.exit_code == 1
+    assert "permission denied" in _error(result) and "--out" in _error(result)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
@@ -174,8 +178,8 @@ def test_read_only_directory_fails_before_training(
         result = _train(udata_file, locked / "run")
     finally:
         locked.chmod(0o700)
-    assert isinstance(result.exception, ModelFileError)
-    assert "permission denied" in result.exception.message
+    assert result.exit_code == 1
+    assert "permission denied" in _error(result)
 
 
 def _must_not_train(*args: object, **kwargs: object) -> None:
@@ -228,9 +232,7 @@ def test_disk_full_while_writing_the_run_keeps_what_resume_needs(
     out = tmp_path / "run"
     result = _train(udata_file, out)
     assert result.exit_code == 1
-    assert isinstance(result.exception, ModelFileError)
-    assert "disk is full" in result.exception.message
-    assert f"--resume {out}" in (result.exception.hint or "")
+    assert "disk is full" in _error(result) and f"--resume {out}" in _error(result)
     assert not out.exists()
     staging = tmp_path / "run.partial"
     assert sorted(p.name for p in staging.iterdir()) == ["checkpoint.pt", "config.json"]
@@ -261,6 +263,15 @@ def test_existing_unfinished_run_is_not_silently_restarted(
     (tmp_path / "run.partial").mkdir()
     (tmp_path / "run.partial" / "config.json").write_text("{}")
     result = _train(udata_file, tmp_path / "run")
-    assert isinstance(result.exception, ConfigError)
-    assert "--resume" in (result.exception.hint or "")
+    assert result.exit_code == 1
+    assert "unfinished training" in _error(result) and "--resume" in _error(result)
     assert (tmp_path / "run.partial" / "config.json").read_text() == "{}"
+
+
+def test_a_failure_before_the_first_epoch_leaves_no_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", "--ratings", "missing.csv", "--out", "a/b/run"])
+    assert result.exit_code == 1
+    assert list(tmp_path.iterdir()) == []

@@ -92,8 +92,8 @@ def trained_ids(rec: Recommender) -> tuple[np.ndarray, np.ndarray]:
 
 def test_predictions_match_the_model(run_dir: Path, rec: Recommender) -> None:
     run = load_run(run_dir)
-    users, movies = np.meshgrid(np.arange(rec.n_users), np.arange(rec.n_movies))
-    users, movies = users.ravel(), movies.ravel()
+    grid = np.meshgrid(np.arange(rec.n_users), np.arange(rec.n_movies))
+    users, movies = grid[0].ravel(), grid[1].ravel()
     expected = predict_indices(run.model, run.mu, run.scale, users, movies)
     np.testing.assert_allclose(rec.predict_indices(users, movies), expected, atol=1e-5)
 
@@ -411,8 +411,8 @@ def test_every_model_kind_scores_like_its_network(
     run_dir = build_run(tmp_path, model, epochs=2, **extra)
     run = load_run(run_dir)
     rec = Recommender.from_run(run)
-    users, movies = np.meshgrid(np.arange(rec.n_users), np.arange(rec.n_movies))
-    users, movies = users.ravel(), movies.ravel()
+    grid = np.meshgrid(np.arange(rec.n_users), np.arange(rec.n_movies))
+    users, movies = grid[0].ravel(), grid[1].ravel()
     expected = predict_indices(run.model, run.mu, run.scale, users, movies)
     np.testing.assert_allclose(rec.predict_indices(users, movies), expected, atol=1e-5)
     for user_id in (1, 30):
@@ -496,3 +496,26 @@ def test_score_file_needs_the_id_columns(rec: Recommender, tmp_path: Path) -> No
     with pytest.raises(DataError, match="no such file"):
         rec.score_file(tmp_path / "missing.csv", tmp_path / "out.csv")
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_scores_split_between_threads_equal_one_thread() -> None:
+    from resrec.models.base import build_model
+
+    n_users, n_movies = 4, 5000  # enough movies for the split to apply
+    model = build_model(preset("tutorial"), n_users, n_movies, seed=3)
+    users = np.repeat(np.arange(n_users), 2)
+    movies = np.concatenate([np.arange(n_movies), users * 7])
+    users = np.concatenate([np.arange(n_movies) % n_users, users])
+    args = (
+        model,
+        IdMap(np.arange(n_users) + 1, "user"),
+        IdMap(np.arange(n_movies) + 1, "movie"),
+        3.0,
+        WHOLE_STARS,
+        users,
+        movies,
+    )
+    one, two = Recommender(*args), Recommender(*args, threads=2)
+    for user_id in (1, 4):
+        np.testing.assert_array_equal(one.scores(user_id), two.scores(user_id))
+        assert one.recommend(user_id, 20) == two.recommend(user_id, 20)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from typer.testing import CliRunner
 from resrec.cli import app
 from resrec.config import TrainConfig, preset
 from resrec.data.ratings import Ratings
-from resrec.errors import ConfigError, ModelFileError
+from resrec.errors import ConfigError, ModelFileError, ResrecError
 from resrec.train.checkpoint import Checkpointer, check_plain, load_checkpoint
 from resrec.workflow import fit
 from tests.conftest import planted_ratings, write_udata
@@ -125,17 +126,6 @@ def test_resume_refuses_a_changed_model(small_ratings: Ratings, tmp_path: Path) 
 # -- the command line: SIGKILL in the middle of an epoch, then --resume ----------
 
 
-def _resrec(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "resrec", *args],
-        cwd=tmp_path,
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def _env(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "RESREC_CACHE_DIR": str(tmp_path / "cache")}
 
@@ -169,8 +159,9 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_result(tmp_path: 
     args = ["train", "--ratings", str(data), "--epochs", "6", "--batch-size", "16"]
     args += ["--seed", "2", "--no-progress"]
 
-    reference = _resrec(tmp_path, *args, "--out", "whole")
-    assert reference.returncode == 0, reference.stderr
+    # The uninterrupted run, in this process (the same code, so the same arithmetic).
+    reference = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "whole")])
+    assert reference.exit_code == 0, reference.output
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "resrec", *args, "--out", "run"],
@@ -197,8 +188,8 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_result(tmp_path: 
     saved_epoch = load_checkpoint(checkpoint)["trainer"]["epoch"]
     assert 2 <= saved_epoch < 6
 
-    resumed = _resrec(tmp_path, "train", "--resume", "run", "--no-progress")
-    assert resumed.returncode == 0, resumed.stderr
+    resumed = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "run")])
+    assert resumed.exit_code == 0, resumed.output
     assert not (tmp_path / "run.partial").exists()
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
@@ -243,5 +234,39 @@ def test_resume_refuses_a_changed_ratings_file(
     monkeypatch.setattr(cli_train, "fit", real_fit)
     write_udata(data, planted_ratings(seed=2))
     result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "run")])
-    assert isinstance(result.exception, ConfigError)
-    assert "changed since the run started" in result.exception.message
+    assert result.exit_code == 1
+    raised = isinstance(result.exception, ResrecError)
+    reported = str(result.exception) if raised else result.output
+    assert "changed since the run started" in reported
+
+
+@pytest.mark.slow
+def test_two_process_training_killed_and_resumed_equals_uninterrupted(tmp_path: Path) -> None:
+    data = write_udata(tmp_path / "u.data", planted_ratings(n_users=300, n_movies=200, n=6000))
+    args = [sys.executable, "-m", "resrec", "train", "--ratings", str(data), "--epochs", "4"]
+    args += ["--batch-size", "16", "--nproc", "2", "--no-progress"]
+    run = partial(subprocess.run, cwd=tmp_path, env=_env(tmp_path), timeout=300)
+
+    assert run([*args, "--out", "whole"], capture_output=True).returncode == 0
+    proc = subprocess.Popen(
+        [*args, "--out", "run"],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        start_new_session=True,  # its own process group: the launcher and both ranks
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        _wait_for_new_checkpoint(tmp_path / "run.partial" / "checkpoint.pt", None, proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert not (tmp_path / "run").exists()
+
+    resumed = run([*args[:3], "train", "--resume", "run", "--nproc", "2"], capture_output=True)
+    assert resumed.returncode == 0, resumed.stderr
+    whole, done = tmp_path / "whole", tmp_path / "run"
+    assert (done / "history.csv").read_bytes() == (whole / "history.csv").read_bytes()
+    metrics = [json.loads((d / "metrics.json").read_text()) for d in (whole, done)]
+    assert metrics[1]["test"] == metrics[0]["test"]

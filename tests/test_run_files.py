@@ -122,3 +122,36 @@ def test_cli_refuses_a_damaged_checkpoint_without_a_traceback(tmp_path: Path) ->
     assert "error: checkpoint" in proc.stderr and "cannot be read" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert staging.is_dir()  # kept: the user decides
+
+
+def _damage(run: Path, how: str) -> None:
+    weights = run / "weights.safetensors"
+    if how == "truncated":
+        weights.write_bytes(weights.read_bytes()[:100])
+    elif how == "flipped":
+        data = bytearray(weights.read_bytes())
+        data[-5] ^= 0x01
+        weights.write_bytes(bytes(data))
+    else:
+        weights.unlink()
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("truncated", "does not match its recorded sha256"),
+        ("flipped", "does not match its recorded sha256"),
+        ("deleted", "missing weights.safetensors"),
+    ],
+)
+def test_cli_refuses_damaged_weights_with_exit_1(run_copy: Path, how: str, message: str) -> None:
+    from typer.testing import CliRunner
+
+    from resrec.cli import app
+
+    _damage(run_copy, how)
+    result = CliRunner().invoke(app, ["predict", str(run_copy), "--user", "1", "--movie", "2"])
+    assert result.exit_code == 1
+    reported = str(result.exception) if isinstance(result.exception, ModelFileError) else ""
+    assert message in reported + result.output
+    assert "Traceback" not in result.output

@@ -20,8 +20,10 @@ Endpoints (JSON; the OpenAPI schema is at ``/openapi.json``, its pages at ``/doc
 
 Every mistake in a request gets a 4xx JSON answer ``{"detail": ..., "hint": ...}``:
 404 for an unknown id, 422 for a value outside what is allowed. The
-recommender is read-only, so requests run concurrently in the server's
-thread pool without locks.
+recommender is read-only and needs no locks. Quick endpoints run on the event
+loop (a thread hop costs more than their work); fold-in and title search run
+in the server's thread pool. For more than one core, serve with several
+workers (``resrec serve --workers N``), each loading its own copy of the run.
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Body, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from resrec import __version__
 from resrec.errors import ConfigError, ResrecError, UnknownIdError
@@ -178,6 +180,8 @@ class ErrorOut(BaseModel):
     hint: str | None = None
 
 
+_MOVIE_LIST = TypeAdapter(list[MovieOut])
+
 ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "Unknown user_id or movie_id"},
     422: {"description": "A value outside what is allowed"},
@@ -219,6 +223,11 @@ def app_from_env() -> FastAPI:
     return create_app(Recommender.load(run, os.environ.get("RESREC_MOVIES") or None))
 
 
+def _json(model: BaseModel) -> Response:
+    """An already-validated model as a JSON response (skips FastAPI's second validation)."""
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
 async def _resrec_error(request: Request, exc: ResrecError) -> JSONResponse:
     status = 404 if isinstance(exc, UnknownIdError) else 422
     return JSONResponse({"detail": exc.message, "hint": exc.hint}, status_code=status)
@@ -243,7 +252,7 @@ def _add_routes(app: FastAPI, rec: Recommender) -> None:
         return FileResponse(str(resources.files("resrec") / "web" / "index.html"))
 
     @app.get("/api/health", response_model=HealthOut, tags=["service"])
-    def health() -> HealthOut:
+    async def health() -> HealthOut:
         """The served run and its size."""
         return HealthOut(
             status="ok",
@@ -259,24 +268,26 @@ def _add_routes(app: FastAPI, rec: Recommender) -> None:
         )
 
     @app.get("/api/predict", response_model=PredictionOut, responses=ERRORS, tags=["predict"])
-    def predict(
+    async def predict(
         user_id: UserIdQuery, movie_id: MovieIdQuery, fallback: FallbackQuery = False
-    ) -> PredictionOut:
+    ) -> Response:
         """The prediction for one user and movie, clipped to the rating scale."""
         result = rec.predict(user_id, movie_id, fallback=fallback)
         out = PredictionOut.model_validate(result)
         out.explanation = None
-        return out
+        return _json(out)
 
     @app.get("/api/explain", response_model=PredictionOut, responses=ERRORS, tags=["predict"])
-    def explain(
+    async def explain(
         user_id: UserIdQuery, movie_id: MovieIdQuery, fallback: FallbackQuery = False
-    ) -> PredictionOut:
+    ) -> Response:
         """A prediction with mu, biases, dot product and side branch, which sum to ``raw``."""
-        return PredictionOut.model_validate(rec.explain(user_id, movie_id, fallback=fallback))
+        return _json(
+            PredictionOut.model_validate(rec.explain(user_id, movie_id, fallback=fallback))
+        )
 
     @app.get("/api/users", response_model=UsersOut, tags=["users"])
-    def users(
+    async def users(
         limit: Annotated[int, Query(ge=1, le=MAX_N)] = 20,
         offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
     ) -> UsersOut:
@@ -290,18 +301,18 @@ def _add_routes(app: FastAPI, rec: Recommender) -> None:
         responses=ERRORS,
         tags=["recommend"],
     )
-    def user_recommendations(
+    async def user_recommendations(
         user_id: UserIdPath,
         n: CountQuery = 10,
         include_rated: Annotated[bool, Query(description="Keep movies rated in training.")] = False,
         fallback: FallbackQuery = False,
         explain: ExplainQuery = False,
-    ) -> RecommendationsOut:
+    ) -> Response:
         """The user's top-N movies by prediction, without those rated in training."""
         result = rec.recommend(
             user_id, n, include_rated=include_rated, fallback=fallback, explain=explain
         )
-        return RecommendationsOut.model_validate(result)
+        return _json(RecommendationsOut.model_validate(result))
 
     @app.post(
         "/api/recommendations",
@@ -309,8 +320,11 @@ def _add_routes(app: FastAPI, rec: Recommender) -> None:
         responses=ERRORS,
         tags=["recommend"],
     )
-    def new_user_recommendations(body: Annotated[NewUserIn, Body()]) -> RecommendationsOut:
-        """Fold a new user in from a few ratings and return their top-N."""
+    def new_user_recommendations(body: Annotated[NewUserIn, Body()]) -> Response:
+        """Fold a new user in from a few ratings and return their top-N.
+
+        Runs in the server's thread pool: fitting the user takes tens of milliseconds.
+        """
         result = rec.recommend_for_ratings(
             [(r.movie_id, r.rating) for r in body.ratings],
             body.n,
@@ -318,30 +332,31 @@ def _add_routes(app: FastAPI, rec: Recommender) -> None:
             unknown=body.unknown,
             explain=body.explain,
         )
-        return RecommendationsOut.model_validate(result)
+        return _json(RecommendationsOut.model_validate(result))
 
     @app.get("/api/movies/search", response_model=list[MovieOut], responses=ERRORS, tags=["movies"])
     def search(
         q: Annotated[str, Query(min_length=1, max_length=200, description="Part of a title.")],
         limit: Annotated[int, Query(ge=1, le=100)] = 10,
-    ) -> list[MovieOut]:
+    ) -> Response:
         """Movies whose title contains ``q`` (case-insensitive), movies the model knows first."""
         if rec.movies is None:
             raise UnknownIdError(
                 "no movie metadata is loaded, so titles cannot be searched",
                 hint="restart the server with --movies PATH",
             )
-        return [MovieOut.model_validate(m) for m in rec.search_movies(q, limit)]
+        found = [MovieOut.model_validate(m) for m in rec.search_movies(q, limit)]
+        return Response(_MOVIE_LIST.dump_json(found), media_type="application/json")
 
     @app.get("/api/movies/{movie_id}", response_model=MovieOut, responses=ERRORS, tags=["movies"])
-    def movie(movie_id: MovieIdPath) -> MovieOut:
+    async def movie(movie_id: MovieIdPath) -> Response:
         """One movie: title, genres and how many training ratings the model saw."""
         found = rec.movie(movie_id)
         if found.n_ratings == 0 and found.title is None:
             raise UnknownIdError(
                 f"unknown movie_id {movie_id}: neither the model nor the metadata has it"
             )
-        return MovieOut.model_validate(found)
+        return _json(MovieOut.model_validate(found))
 
     @app.get(
         "/api/movies/{movie_id}/similar",
@@ -349,6 +364,6 @@ def _add_routes(app: FastAPI, rec: Recommender) -> None:
         responses=ERRORS,
         tags=["movies"],
     )
-    def similar(movie_id: MovieIdPath, n: CountQuery = 10) -> SimilarMoviesOut:
+    async def similar(movie_id: MovieIdPath, n: CountQuery = 10) -> Response:
         """Movies with the most similar embeddings (cosine; ignores biases and side branch)."""
-        return SimilarMoviesOut.model_validate(rec.similar(movie_id, n))
+        return _json(SimilarMoviesOut.model_validate(rec.similar(movie_id, n)))

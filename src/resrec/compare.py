@@ -118,7 +118,8 @@ def compare(
         Its ``test_fraction`` and ``valid_fraction`` define the split.
     model_overrides
         Per model kind, config fields to change for that model only (they may
-        not change the split fractions: every model sees the same split).
+        not change the split fractions: every model sees the same split; a
+        ``model`` field among them is ignored).
     k, threshold
         Ranking metrics: list length and relevance threshold (rating >= it).
     coverage_users
@@ -202,14 +203,17 @@ def _model_configs(
         raise ConfigError(f"overrides given for models not compared: {stray}")
     configs = {}
     for model in models:
-        changes = overrides.get(model, {})
-        moved = {"test_fraction", "valid_fraction"} & set(changes)
+        changes = {**overrides.get(model, {}), "model": model}
+        config = base.replace(**changes)
+        moved = [
+            f for f in ("test_fraction", "valid_fraction") if getattr(config, f) != getattr(base, f)
+        ]
         if moved:
             raise ConfigError(
-                f"{model}: {sorted(moved)} cannot differ between models; every model "
+                f"{model}: {moved} cannot differ between models; every model "
                 "is compared on the same split"
             )
-        configs[model] = base.replace(model=model, **changes)
+        configs[model] = config
     return configs
 
 

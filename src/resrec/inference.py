@@ -55,8 +55,11 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import queue
+import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -80,7 +83,7 @@ Estimate = Literal["model", "folded-in", "fallback"]
 TERMS = ("mu", "user_bias", "movie_bias", "dot", "side")
 
 _CHUNK_ROWS = 512  # movies per block in the all-movies pass: 512 x 400 floats fit in L2
-_PAIR_BLOCK = 1024  # (user, movie) pairs per block when scoring pairs
+_PAIR_BLOCK = 512  # (user, movie) pairs per block when scoring pairs
 
 
 # --------------------------------------------------------------------------- results
@@ -257,8 +260,14 @@ class _SideBranch:
 
     # -- all movies for one user -------------------------------------------
 
-    def all_movies(self, p: Tensor) -> Tensor:
-        """Side-branch output for one user embedding ``p`` (K,) and every movie."""
+    def all_movies(
+        self, p: Tensor, pool: ThreadPoolExecutor | None = None, parts: int = 1
+    ) -> Tensor:
+        """Side-branch output for one user embedding ``p`` (K,) and every movie.
+
+        With a ``pool``, the movies are split in up to ``parts`` ranges scored by
+        its threads (torch releases the GIL in each operation).
+        """
         b = p @ self.w1u_t + self.c1  # (H,): the user's share of every pre-activation
         if self.kind is None:
             return self._general_blocks(b)
@@ -266,23 +275,39 @@ class _SideBranch:
         if self.kind == "identity":
             return linear + self.c2
 
-        q = self.movie_factors
-        n = q.shape[0]
-        block = torch.empty(min(_CHUNK_ROWS, n), self.hidden)
+        n = self.movie_factors.shape[0]
         negative = torch.empty(n)  # w2 . min(x, 0)
         expo = torch.empty(n)  # alpha w2 . exp(min(x, 0))
-        for lo in range(0, n, _CHUNK_ROWS):
-            hi = min(n, lo + _CHUNK_ROWS)
-            z = torch.addmm(b, q[lo:hi], self.w1m_t, out=block[: hi - lo])
-            z.clamp_(max=0)
-            torch.mv(z, self.w2, out=negative[lo:hi])
-            if self.kind == "elu":
-                torch.mv(z.exp_(), self.alpha_w2, out=expo[lo:hi])
+        parts = 1 if pool is None else min(parts, n // (4 * _CHUNK_ROWS))
+        if parts <= 1:
+            self._elu_blocks(b, 0, n, negative, expo)
+        else:
+            step = -(-n // parts // _CHUNK_ROWS) * _CHUNK_ROWS
+            assert pool is not None
+            jobs = [
+                pool.submit(self._elu_blocks, b, lo, min(n, lo + step), negative, expo)
+                for lo in range(0, n, step)
+            ]
+            for job in jobs:
+                job.result()
         out = linear - negative
         if self.kind == "elu":
             out += expo
             out -= self.alpha * self.sum_w2
         return out + self.c2
+
+    def _elu_blocks(self, b: Tensor, lo: int, hi: int, negative: Tensor, expo: Tensor) -> None:
+        """Fill ``negative`` and ``expo`` for movies ``lo:hi``, a block at a time."""
+        q = self.movie_factors
+        with torch.inference_mode():  # per thread: a pool's threads start outside it
+            block = torch.empty(min(_CHUNK_ROWS, hi - lo), self.hidden)
+            for start in range(lo, hi, _CHUNK_ROWS):
+                stop = min(hi, start + _CHUNK_ROWS)
+                z = torch.addmm(b, q[start:stop], self.w1m_t, out=block[: stop - start])
+                z.clamp_(max=0)
+                torch.mv(z, self.w2, out=negative[start:stop])
+                if self.kind == "elu":
+                    torch.mv(z.exp_(), self.alpha_w2, out=expo[start:stop])
 
     def _general_blocks(self, b: Tensor) -> Tensor:
         q = self.movie_factors
@@ -371,6 +396,10 @@ class Recommender:
     noise_variance
         The model's rating error variance (its validation or test MSE); it
         weighs the prior in :meth:`fold_in`. Defaults to 1.
+    threads
+        Python threads that share one user's all-movie scores (large catalogs
+        only). Useful for single-request latency with torch at one thread; a
+        server gets its parallelism from concurrent requests instead.
     """
 
     def __init__(
@@ -386,6 +415,7 @@ class Recommender:
         movies: Movies | None = None,
         noise_variance: float | None = None,
         name: str = "<memory>",
+        threads: int = 1,
     ) -> None:
         if not hasattr(model, "user_factors") or not hasattr(model, "movie_factors"):
             raise ModelFileError(
@@ -406,6 +436,8 @@ class Recommender:
         self._fit_prior()
         self.movies = movies
         self._meta_row = _metadata_rows(movie_map, movies)
+        self.threads = threads
+        self._pool = ThreadPoolExecutor(threads, "resrec-score") if threads > 1 else None
 
     # -- construction -----------------------------------------------------------
 
@@ -674,7 +706,7 @@ class Recommender:
         """Clipped float32 predictions for arrays of user and movie *indices*.
 
         No check that the indices are trained; :meth:`predict_ids` and
-        :meth:`score_file` do that. Pairs go through in blocks of 1,024 so the
+        :meth:`score_file` do that. Pairs go through in blocks of 512 so the
         side branch's hidden layer stays in cache.
         """
         users_t = torch.from_numpy(np.ascontiguousarray(users, dtype=np.int64))
@@ -767,7 +799,7 @@ class Recommender:
                 if self.has_biases:
                     out += self.Q @ p
                 if self.side is not None:
-                    out += self.side.all_movies(p)
+                    out += self.side.all_movies(p, self._pool, self.threads)
         return out.numpy()
 
     def recommend(
@@ -837,8 +869,7 @@ class Recommender:
             )
             return Recommendations(user_id, [], estimate, excluded, 0, note, empty_reason)
 
-        chosen = self._select(scores, allowed, n, p, bias)
-        terms = self._terms_for(p, bias, chosen)
+        chosen, terms = self._select(scores, allowed, n, p, bias)
         items = []
         for rank, (movie, values) in enumerate(zip(chosen, terms, strict=True), start=1):
             explanation = self._explanation(values)
@@ -858,8 +889,8 @@ class Recommender:
 
     def _select(
         self, scores: np.ndarray, allowed: np.ndarray, n: int, p: Tensor | None, bias: float
-    ) -> np.ndarray:
-        """Indices of the top ``n`` allowed movies by exact score, ties by movie_id.
+    ) -> tuple[np.ndarray, list[dict[str, float]]]:
+        """The top ``n`` allowed movie indices by exact score (ties by movie_id), and their terms.
 
         The fast all-movies scores may differ from the exact pair scores in the
         last float32 digits, so every movie within a small margin of the n-th
@@ -870,13 +901,10 @@ class Recommender:
         kth = float(np.partition(masked, masked.size - k)[masked.size - k])
         margin = 1e-3 + 1e-5 * abs(kth)
         pool = np.flatnonzero(masked >= kth - margin)
-        exact = self._exact_scores(p, bias, pool)
-        order = np.lexsort((pool, -exact))  # score descending, then movie index = movie_id order
-        return pool[order[:k]]
-
-    def _exact_scores(self, p: Tensor | None, bias: float, movies: np.ndarray) -> np.ndarray:
-        terms = self._terms_for(p, bias, movies)
-        return np.asarray([self._explanation(t).raw for t in terms])
+        terms = self._terms_for(p, bias, pool)
+        exact = np.asarray([self._explanation(t).raw for t in terms])
+        order = np.lexsort((pool, -exact))[:k]  # score descending, then movie_id ascending
+        return pool[order], [terms[i] for i in order]
 
     def _terms_for(
         self, p: Tensor | None, bias: float, movies: np.ndarray
@@ -1215,63 +1243,151 @@ def _score_csv(
     import pyarrow.csv as pacsv
 
     header = _csv_header(src)
-    user_col = _pick_column(header, _USER_COLUMNS, "user_id", src)
-    movie_col = _pick_column(header, _MOVIE_COLUMNS, "movie_id", src)
-    report = ScoreReport()
-    skipped: list[int] = []  # physical line numbers pyarrow dropped, in order
-    pending: list[tuple[int, str]] = []  # their reasons, until the rows around them are done
-
-    def on_invalid(row: Any) -> str:
-        skipped.append(int(row.number))
-        reason = f"expected {row.expected_columns} fields, found {row.actual_columns}"
-        pending.append((int(row.number), reason))
-        return "skip"
-
+    columns = (
+        _pick_column(header, _USER_COLUMNS, "user_id", src),
+        _pick_column(header, _MOVIE_COLUMNS, "movie_id", src),
+    )
+    lines = _LineTracker()
     reader = pacsv.open_csv(
         src,
         read_options=pacsv.ReadOptions(use_threads=False, block_size=_CSV_BLOCK),
-        parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid, ignore_empty_lines=False),
+        parse_options=pacsv.ParseOptions(
+            invalid_row_handler=lines.on_invalid, ignore_empty_lines=False
+        ),
         convert_options=pacsv.ConvertOptions(
-            include_columns=[user_col, movie_col],
-            column_types={user_col: pa.string(), movie_col: pa.string()},
+            include_columns=list(columns),
+            column_types={name: pa.string() for name in columns},
             strings_can_be_null=False,
         ),
     )
-    names = ["user_id", "movie_id", "prediction"] + (["fallback"] if fallback else [])
-    schema = pa.schema(
-        [("user_id", pa.int64()), ("movie_id", pa.int64()), ("prediction", pa.float32())]
-        + ([("fallback", pa.int8())] if fallback else [])
-    )
+    report = ScoreReport()
     dst.parent.mkdir(parents=True, exist_ok=True)
     partial = dst.with_name(f".{dst.name}.partial")
-    options = pacsv.WriteOptions(include_header=False, quoting_style="none")
-    seen = 0  # rows pyarrow kept so far, to recover their line numbers
     try:
-        with open(partial, "wb") as out, pacsv.CSVWriter(out, schema, write_options=options) as w:
-            out.write((",".join(names) + "\n").encode())
-            for batch in reader:
-                users, movies, good = _batch_ids(batch, user_col, movie_col)
-                lines = _line_numbers(seen, batch.num_rows, skipped)
-                seen += batch.num_rows
-                report.rows += batch.num_rows
-                bad = [(int(lines[r]), _id_problem(batch, int(r))) for r in np.flatnonzero(~good)]
-                table, unknown = _score_batch(
-                    rec, users[good], movies[good], lines[good], fallback, report
-                )
-                w.write_table(pa.Table.from_batches([table], schema))
-                done = int(lines[-1]) if batch.num_rows else 0
-                ready = [item for item in pending if item[0] <= done]
-                pending[:] = [item for item in pending if item[0] > done]
-                for line, reason in sorted(bad + unknown + ready):
-                    _report_bad(report, line, reason, max_reported)
-        for line, reason in pending:
+        with open(partial, "wb") as out:
+            _score_stream(rec, reader, out, columns, lines, fallback, report, max_reported)
+        for line, reason in lines.ready(None):
             _report_bad(report, line, reason, max_reported)
         partial.replace(dst)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    report.rows += len(skipped)
+    report.rows += len(lines.skipped)
     return report
+
+
+def _score_stream(
+    rec: Recommender,
+    reader: Iterable[Any],
+    out: Any,
+    columns: tuple[str, str],
+    lines: _LineTracker,
+    fallback: bool,
+    report: ScoreReport,
+    max_reported: int,
+) -> None:
+    """Score batch after batch; parsing, scoring and writing overlap in three threads."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    names = ["user_id", "movie_id", "prediction"] + (["fallback"] if fallback else [])
+    types = [pa.int64(), pa.int64(), pa.float32(), pa.int8()]
+    schema = pa.schema(list(zip(names, types, strict=False)))
+    out.write((",".join(names) + "\n").encode())
+    options = pacsv.WriteOptions(include_header=False, quoting_style="none")
+    writing: Future[None] | None = None
+    with (
+        pacsv.CSVWriter(out, schema, write_options=options) as csv_out,
+        ThreadPoolExecutor(1, thread_name_prefix="resrec-write") as writer,
+    ):
+        try:
+            for batch in _read_ahead(reader):
+                users, movies, good = _batch_ids(batch, *columns)
+                numbers = lines.next_lines(batch.num_rows)
+                report.rows += batch.num_rows
+                bad = [(int(numbers[r]), _id_problem(batch, int(r))) for r in np.flatnonzero(~good)]
+                table, unknown = _score_batch(
+                    rec, users[good], movies[good], numbers[good], fallback, report
+                )
+                if writing is not None:
+                    writing.result()
+                writing = writer.submit(csv_out.write_table, pa.Table.from_batches([table], schema))
+                done = int(numbers[-1]) if batch.num_rows else 0
+                for line, reason in sorted(bad + unknown + lines.ready(done)):
+                    _report_bad(report, line, reason, max_reported)
+        finally:
+            if writing is not None:
+                writing.result()
+
+
+class _LineTracker:
+    """Physical line numbers of the rows pyarrow keeps, and the reasons of those it skips.
+
+    Kept rows are the lines 2, 3, ... (line 1 is the header) minus the skipped
+    ones; the k-th kept line is ``k + 2`` plus the number of skipped lines at or
+    before it. The parser reports skipped lines from the reading thread.
+    """
+
+    def __init__(self) -> None:
+        self.skipped: list[int] = []
+        self._pending: list[tuple[int, str]] = []
+        self._kept = 0
+        self._lock = threading.Lock()
+
+    def on_invalid(self, row: Any) -> str:
+        reason = f"expected {row.expected_columns} fields, found {row.actual_columns}"
+        with self._lock:
+            self.skipped.append(int(row.number))
+            self._pending.append((int(row.number), reason))
+        return "skip"
+
+    def next_lines(self, count: int) -> np.ndarray:
+        ordinal = np.arange(self._kept, self._kept + count, dtype=np.int64) + 2
+        self._kept += count
+        with self._lock:
+            skipped = np.asarray(self.skipped, dtype=np.int64)
+        shifted = skipped - np.arange(skipped.size)
+        return ordinal + np.searchsorted(shifted, ordinal, side="right")
+
+    def ready(self, done: int | None) -> list[tuple[int, str]]:
+        """Skipped lines up to line ``done`` (all when None), each handed out once."""
+        with self._lock:
+            ready = [item for item in self._pending if done is None or item[0] <= done]
+            self._pending = [item for item in self._pending if done is not None and item[0] > done]
+        return ready
+
+
+def _read_ahead(reader: Iterable[Any], depth: int = 2) -> Iterator[Any]:
+    """Iterate ``reader`` in a background thread, up to ``depth`` items ahead."""
+    items: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def produce() -> None:
+        try:
+            for item in reader:
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(end)
+        except BaseException as exc:  # handed to the consumer, raised there
+            items.put(exc)
+
+    thread = threading.Thread(target=produce, name="resrec-read", daemon=True)
+    thread.start()
+    try:
+        while (item := items.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def _csv_header(src: Path) -> list[str]:
@@ -1333,20 +1449,6 @@ def _id_problem(batch: Any, row: int) -> str:
         if not (text.lstrip("+-").isdigit() and len(text) <= 19):
             return f"{name} {value!r} is not a whole number"
     return "ids out of range"
-
-
-def _line_numbers(seen: int, count: int, skipped: list[int]) -> np.ndarray:
-    """Physical line numbers of the next ``count`` rows that pyarrow kept.
-
-    Kept rows are the lines 2, 3, ... (line 1 is the header) minus the
-    ``skipped`` ones; the k-th kept line is ``k + 2`` plus the number of
-    skipped lines at or before it.
-    """
-    ordinal = np.arange(seen, seen + count, dtype=np.int64) + 2
-    if not skipped:
-        return ordinal
-    shifted = np.asarray(skipped, dtype=np.int64) - np.arange(len(skipped))
-    return ordinal + np.searchsorted(shifted, ordinal, side="right")
 
 
 def _score_batch(

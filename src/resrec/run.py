@@ -25,6 +25,7 @@ training done in Python, stages in a hidden ``.NAME.partial-*`` directory.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -118,7 +119,7 @@ def _write_files(result: TrainResult, out: Path) -> None:
     save_file(
         {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()},
         str(out / "weights.safetensors"),
-        metadata={"format": "resrec", "model": result.config.model},
+        metadata={"format": "pt"},  # one key: safetensors orders several at random
     )
     np.savez(
         out / "id_maps.npz", user_id=result.user_map.raw_ids, movie_id=result.movie_map.raw_ids
@@ -281,6 +282,7 @@ class StagedRun:
 
     target: Path
     staging: Path
+    created: tuple[Path, ...] = ()  # parent folders made for it, removed by discard()
 
     @classmethod
     def create(cls, out: str | Path, *, overwrite: bool = False) -> StagedRun:
@@ -309,11 +311,12 @@ class StagedRun:
                     "or pass --overwrite to start again",
                 )
             shutil.rmtree(staging)
+        missing = [p for p in staging.parents if not p.exists()]
         try:
             staging.mkdir(parents=True)
         except OSError as exc:
             raise storage_error(exc, staging) from None
-        return cls(target, staging)
+        return cls(target, staging, tuple(missing))
 
     @classmethod
     def reopen(cls, path: str | Path) -> StagedRun:
@@ -392,6 +395,9 @@ class StagedRun:
     def discard(self) -> None:
         """Delete the staging directory (when it holds nothing worth resuming)."""
         shutil.rmtree(self.staging, ignore_errors=True)
+        for folder in self.created:  # innermost first
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if still empty
 
     def _remove_run_files(self) -> None:
         for path in self.staging.iterdir():

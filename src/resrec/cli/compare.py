@@ -13,8 +13,9 @@ from resrec.cli.app import app
 from resrec.cli.common import RatingsOptions, load_ratings_from_options
 from resrec.cli.train import resolve_config
 from resrec.compare import MODEL_KINDS, compare
-from resrec.config import PRESETS
+from resrec.config import PRESETS, load_config_file
 from resrec.data.ratings import Ratings
+from resrec.errors import ConfigError
 
 log = logging.getLogger("resrec.cli")
 
@@ -57,6 +58,10 @@ def compare_command(
     seed: Annotated[int, Opt(help="Seed of the first split.")] = 0,
     preset_name: PresetName = "accurate",
     config_file: ConfigFile = None,
+    model_config: Annotated[
+        list[str] | None,
+        Opt(help="MODEL=FILE: config fields for one model only (repeatable), e.g. deep=deep.json."),
+    ] = None,
     epochs: Epochs = None,
     threads: Threads = None,
     k: Annotated[int, Opt("--k", help="Length of the top list of the ranking metrics.")] = 10,
@@ -79,6 +84,7 @@ def compare_command(
         repeats=repeats,
         seed=seed,
         config=config,
+        model_overrides=_model_overrides(model_config or []),
         k=k,
         threshold=threshold,
         coverage_users=coverage_users,
@@ -143,6 +149,16 @@ def _read(
         err=True,
     )
     return table
+
+
+def _model_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    overrides: dict[str, dict[str, Any]] = {}
+    for item in items:
+        model, sep, path = item.partition("=")
+        if not sep or not model or not path:
+            raise ConfigError(f"--model-config must be MODEL=FILE; got {item!r}")
+        overrides[model.strip()] = load_config_file(Path(path))
+    return overrides
 
 
 def _echo_run(row: dict[str, Any]) -> None:

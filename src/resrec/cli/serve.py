@@ -25,7 +25,7 @@ def serve(
     host: Annotated[
         str, Opt(help="Address to bind; the default serves this machine only.")
     ] = "127.0.0.1",
-    port: Annotated[int, Opt(min=0, max=65535, help="TCP port (0: any free port).")] = 8000,
+    port: Annotated[int, Opt(min=1, max=65535, help="TCP port.")] = 8000,
     movies: Annotated[
         Path | None,
         Opt(help="Movie titles and genres; default: the release's file beside the run's ratings."),

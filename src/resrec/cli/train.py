@@ -163,6 +163,15 @@ def train(
         _run(job, process, overwrite=overwrite, show_bar=show_bar)
     except distributed.PeerFailed:
         raise typer.Exit(1) from None  # rank 0 reports the error
+    except RuntimeError as exc:
+        if process is None or not distributed.lost_peer(exc):
+            raise
+        typer.echo(
+            f"error: rank {process.rank} lost contact with another rank, which probably "
+            "failed: see that rank's error",
+            err=True,
+        )
+        raise typer.Exit(1) from None
     finally:
         distributed.shutdown()
 
@@ -176,6 +185,7 @@ class _Job:
     preset: str
     target: Path
     staging: Path
+    created: tuple[Path, ...] = ()  # folders made for the staging directory
     sha256: str | None = None  # of the ratings file, when resuming
     checkpoint: dict[str, Any] | None = None
     fresh: bool = True
@@ -193,7 +203,9 @@ def _new_job(
         config = resolve_config(preset_name, config_file, overrides)
         target = out or Path("runs") / _default_name(options, preset_name)
         staged = StagedRun.create(target, overwrite=overwrite)  # fails early when unwritable
-        return _Job(config, _absolute(options), preset_name, staged.target, staged.staging)
+        return _Job(
+            config, _absolute(options), preset_name, staged.target, staged.staging, staged.created
+        )
 
     return open_run
 
@@ -227,7 +239,7 @@ def _run(
 ) -> None:
     main = process is None or process.is_main
     job = distributed.on_main(open_job, process)
-    staged = StagedRun(job.target, job.staging)
+    staged = StagedRun(job.target, job.staging, job.created)
     try:
         distributed.check_device(job.config.device, process)
         table = _read_ratings(job.options, process)
@@ -308,6 +320,8 @@ def _after_failure(exc: BaseException, staged: StagedRun, job: _Job) -> None:
         )
     elif isinstance(exc, KeyboardInterrupt):
         typer.echo(f"interrupted; the last checkpoint is kept: continue with '{how}'", err=True)
+    else:
+        typer.echo(f"the last checkpoint is kept in {staged.staging}: '{how}' continues", err=True)
 
 
 def _options_from(saved: dict[str, Any]) -> RatingsOptions:

@@ -29,11 +29,18 @@ CUDA, where each process uses the GPU numbered by its ``LOCAL_RANK``.
 
 Limitations
 -----------
-Dropout masks differ between ranks (each rank seeds its generator with
-``seed + rank``), and batch normalisation normalises each rank's share with
-that share's statistics, as ``DistributedDataParallel`` does without
-``SyncBatchNorm``; with either, results match a single process in
-distribution, not number for number.
+* Only the forward and backward passes are divided between the ranks: every
+  rank applies the row update of the whole global batch, evaluates the whole
+  validation and test splits and reads the whole ratings file (from the same
+  path on every machine).
+* Distributed training takes the trainer's autograd step; one process on the
+  CPU takes the faster fused step (:mod:`resrec.train.fused`), so on one
+  machine with few cores, one process can outrun several.
+* Dropout masks differ between ranks (each rank seeds its generator with
+  ``seed + rank``), and batch normalisation normalises each rank's share with
+  that share's statistics, as ``DistributedDataParallel`` does without
+  ``SyncBatchNorm``; with either, results match a single process in
+  distribution, not number for number.
 """
 
 from __future__ import annotations
@@ -64,7 +71,7 @@ from resrec.train.trainer import resolve_device
 log = logging.getLogger(__name__)
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-TIMEOUT = dt.timedelta(minutes=10)
+TIMEOUT = dt.timedelta(minutes=30)  # how long a rank waits for the others (a download, say)
 
 T = TypeVar("T")
 
@@ -185,6 +192,14 @@ def on_main(work: Callable[[], T], process: Process | None) -> T:
         raise
     share((True, value), process)
     return value
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """Whether ``exc`` says another rank went away (it crashed or was stopped)."""
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "closed by peer" in text or "reset by peer" in text or "Broken pipe" in text
+    )
 
 
 def gather(value: Any, process: Process | None) -> list[Any]:
