@@ -46,7 +46,7 @@ def synthetic_run(folder: Path, n_users: int, n_movies: int, n_ratings: int) -> 
     users, movies = pairs // n_movies, pairs % n_movies
     ratings = rng.integers(1, 6, size=n_ratings).astype(np.float32)
     table = Ratings.from_arrays(users + 1, movies + 1, ratings, scale=WHOLE_STARS)
-    config = preset("fast").replace(epochs=1, test_fraction=0.1)
+    config = preset("fast").replace(epochs=1, test_fraction=0.1, threads=1)
     return save_run(fit(table, config), folder / "run")
 
 

@@ -70,7 +70,7 @@ def train_without(ratings: Ratings, held_out: np.ndarray, preset_name: str, seed
     split = Split(
         train=np.flatnonzero(~valid), valid=np.flatnonzero(valid), test=np.empty(0, np.int64)
     )
-    config = preset(preset_name).replace(seed=seed)
+    config = preset(preset_name).replace(seed=seed, threads=1)
     return fit(table, config, split=split)
 
 

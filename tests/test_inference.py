@@ -519,3 +519,48 @@ def test_scores_split_between_threads_equal_one_thread() -> None:
     for user_id in (1, 4):
         np.testing.assert_array_equal(one.scores(user_id), two.scores(user_id))
         assert one.recommend(user_id, 20) == two.recommend(user_id, 20)
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_fold_in_beats_the_bias_fallback_on_ml100k_users_held_out() -> None:
+    from tests.conftest import real_data_dir
+
+    path = real_data_dir() / "ml-100k" / "u.data"
+    if not path.is_file():
+        pytest.skip(f"{path} is missing")
+    ratings = read_ratings(path)
+    rng = np.random.default_rng(0)
+    held_out = rng.choice(np.unique(ratings.user_id), size=60, replace=False)
+    train = ratings.take(~np.isin(ratings.user_id, held_out))
+    every = np.arange(len(train))
+    split = Split(train=every, valid=np.empty(0, np.int64), test=np.empty(0, np.int64))
+    result = fit(train, preset("fast").replace(epochs=4, threads=1), split=split)
+    rec = Recommender(
+        result.model,
+        result.user_map,
+        result.movie_map,
+        result.mu,
+        result.scale,
+        result.train_users,
+        result.train_movies,
+        noise_variance=0.9,
+    )
+    folded_errors, fallback_errors = [], []
+    known = rec.movie_map.raw_ids[rec.trained_movies]
+    for user_id in held_out:
+        rows = np.flatnonzero(ratings.user_id == user_id)
+        rows = rows[np.isin(ratings.movie_id[rows], known)]
+        rows = rows[rng.permutation(rows.size)]
+        given, rest = rows[:10], rows[10:]
+        given_pairs = zip(
+            ratings.movie_id[given].tolist(), ratings.rating[given].tolist(), strict=True
+        )
+        folded = rec.fold_in(given_pairs)
+        truth = ratings.rating[rest]
+        folded_errors.append(rec.predict_folded(folded, ratings.movie_id[rest]) - truth)
+        fallback_errors.append(rec.bias_estimate(ratings.movie_id[rest]) - truth)
+    folded_rmse = np.sqrt(np.mean(np.concatenate(folded_errors) ** 2))
+    fallback_rmse = np.sqrt(np.mean(np.concatenate(fallback_errors) ** 2))
+    assert folded_rmse < fallback_rmse - 0.03
+    assert 0.85 < folded_rmse < 1.1

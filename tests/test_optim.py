@@ -7,7 +7,9 @@ import torch
 from resrec.train.optim import LazyAdagrad, LazyMomentumSGD, PlainSGD
 
 
-def _batches(n_rows: int, steps: int, batch: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(
+    n_rows: int, steps: int, batch: int, seed: int = 0
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(steps):

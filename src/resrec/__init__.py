@@ -9,15 +9,15 @@ The public Python API::
 
 __version__ = "0.1.0"
 
-from resrec.config import PRESETS, TrainConfig, preset  # noqa: E402
-from resrec.data import Ratings, RatingScale, read_ratings  # noqa: E402
-from resrec.ids import IdMap  # noqa: E402
-from resrec.models import build_model  # noqa: E402
-from resrec.plots import plot_history  # noqa: E402
-from resrec.run import Run, load_run, save_run  # noqa: E402
-from resrec.split import Split, split_ratings  # noqa: E402
-from resrec.train.trainer import Examples, Trainer  # noqa: E402
-from resrec.workflow import TrainResult, encode_ratings, fit  # noqa: E402
+from resrec.config import PRESETS, TrainConfig, preset
+from resrec.data import Ratings, RatingScale, read_ratings
+from resrec.ids import IdMap
+from resrec.models import build_model
+from resrec.plots import plot_history
+from resrec.run import Run, load_run, save_run
+from resrec.split import Split, split_ratings
+from resrec.train.trainer import Examples, Trainer
+from resrec.workflow import TrainResult, encode_ratings, fit
 
 __all__ = [
     "PRESETS",

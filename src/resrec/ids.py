@@ -91,7 +91,9 @@ class IdMap:
         return self.raw_ids[idx]
 
 
-def encode(user_id: np.ndarray, movie_id: np.ndarray) -> tuple[IdMap, IdMap, np.ndarray, np.ndarray]:
+def encode(
+    user_id: np.ndarray, movie_id: np.ndarray
+) -> tuple[IdMap, IdMap, np.ndarray, np.ndarray]:
     """Build both id maps and the int32 index columns in one vectorised pass each."""
     user_raw, user_index = _factorize(user_id)
     movie_raw, movie_index = _factorize(movie_id)

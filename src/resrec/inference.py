@@ -532,11 +532,11 @@ class Recommender:
 
     def _user_index(self, user_id: int) -> int | None:
         """The index of a known (trained) user, or None."""
-        index = int(self.user_map.index_of([user_id], missing="negative")[0])
+        index = _index_in(self.user_map, user_id)
         return index if index >= 0 and self.trained_users[index] else None
 
     def _movie_index(self, movie_id: int) -> int | None:
-        index = int(self.movie_map.index_of([movie_id], missing="negative")[0])
+        index = _index_in(self.movie_map, movie_id)
         return index if index >= 0 and self.trained_movies[index] else None
 
     def _unknown(self, kind: str, raw_id: int) -> UnknownIdError:
@@ -555,7 +555,7 @@ class Recommender:
 
     def movie(self, movie_id: int) -> Movie:
         """Title, genres and training-rating count of any ``movie_id``."""
-        index = int(self.movie_map.index_of([movie_id], missing="negative")[0])
+        index = _index_in(self.movie_map, movie_id)
         count = int(self.movie_counts[index]) if index >= 0 else 0
         title, genres = self._metadata(int(movie_id), index)
         return Movie(int(movie_id), title, genres, count)
@@ -608,7 +608,7 @@ class Recommender:
     # -- single predictions -------------------------------------------------------
 
     def predict(self, user_id: int, movie_id: int, *, fallback: bool = False) -> Prediction:
-        """The prediction for one pair, clipped to the rating scale.
+        """The prediction for one pair, clipped to the rating scale (with its explanation).
 
         Raises :class:`UnknownIdError` for an unknown or untrained user or movie
         unless ``fallback`` is true (see the module docstring).
@@ -1145,6 +1145,13 @@ class Recommender:
 # --------------------------------------------------------------------------- helpers
 
 
+def _index_in(id_map: IdMap, raw_id: int) -> int:
+    """The index of one raw id, or -1 (also for ids beyond int64, which no map holds)."""
+    if not -(2**63) <= int(raw_id) < 2**63:
+        return -1
+    return int(id_map.index_of([raw_id], missing="negative")[0])
+
+
 def _check_n(n: int) -> None:
     if n < 1:
         raise ConfigError(f"n must be at least 1; got {n}")
@@ -1156,6 +1163,9 @@ def _rating_arrays(
     pairs = list(ratings.items()) if isinstance(ratings, Mapping) else list(ratings)
     if not pairs:
         raise ConfigError("no ratings given; a new user needs at least one rating")
+    too_big = [m for m, _ in pairs if not -(2**63) <= int(m) < 2**63]
+    if too_big:
+        raise UnknownIdError(f"unknown movie_id {too_big[0]}: it does not occur in the model")
     movie_ids = np.asarray([int(m) for m, _ in pairs], dtype=np.int64)
     values = np.asarray([float(r) for _, r in pairs], dtype=np.float64)
     unique, counts = np.unique(movie_ids, return_counts=True)
@@ -1221,11 +1231,6 @@ def _load_movies(run: Run, movies_path: str | Path | None) -> Movies | None:
         return None
     log.info("movie metadata from %s (%d movies)", found, len(movies))
     return movies
-
-
-def movie_ids_of(items: Sequence[Recommendation] | Sequence[SimilarMovie]) -> list[int]:
-    """The movie_ids of a result list, in order."""
-    return [item.movie.movie_id for item in items]
 
 
 # --------------------------------------------------------------------------- batch scoring

@@ -48,8 +48,8 @@ def split_ratings(
         )
 
     order = np.random.default_rng(seed).permutation(n_rows)
-    n_test = int(round(test_fraction * n_rows))
-    n_valid = int(round(valid_fraction * n_rows))
+    n_test = round(test_fraction * n_rows)
+    n_valid = round(valid_fraction * n_rows)
 
     test = np.sort(order[:n_test])
     valid = np.sort(order[n_test : n_test + n_valid])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -15,7 +15,7 @@ from resrec.errors import ResrecError
 class _Group(TyperGroup):
     """Turns a user's mistake (a :class:`ResrecError`) into a message and exit 1."""
 
-    def invoke(self, ctx: click.Context) -> object:
+    def invoke(self, ctx: Any) -> Any:  # a click context (typer vendors its own click)
         try:
             return super().invoke(ctx)
         except ResrecError as exc:

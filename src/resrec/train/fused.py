@@ -61,6 +61,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -173,45 +174,42 @@ class _Columns:
     d: int  # factors and bias
     blocks: int  # optimiser state blocks of d columns after the weights
     last: int | None  # column holding minus the step a row was last updated at (int32 bits)
-    scratch: int | None  # first of d columns where duplicate rows' gradients are summed
-    width: int
 
-
-def _columns(d: int, blocks: int, last: bool, scratch: bool) -> _Columns:
-    width = d * (1 + blocks)
-    last_col = width if last else None
-    width += int(last)
-    scratch_col = width if scratch else None
-    width += d if scratch else 0
-    return _Columns(d, blocks, last_col, scratch_col, width)
+    @property
+    def width(self) -> int:
+        return self.d * (1 + self.blocks) + int(self.last is not None)
 
 
 class _Buffers:
     """Everything one step of ``b`` ratings writes, with its views, allocated once.
 
-    Rows ``0..b-1`` of the row buffers belong to the batch's users and rows
-    ``b..2b-1`` to its movies.
+    The occurrence buffers (``occ``, ``grad``) have a row per occurrence: rows
+    ``0..b-1`` for the batch's users, ``b..2b-1`` for its movies. The row
+    buffers (``s``, ``total``) have a row per distinct packed row the
+    batch touches, padded to ``2b`` rows with the spare row (see
+    :func:`_distinct_rows`).
     """
 
     def __init__(self, b: int, shape: _Shape, cols: _Columns, block_rows: int) -> None:
         k, d = shape.k, cols.d
         self.b = b
-        self.s = torch.empty(2 * b, cols.width)  # gathered rows
-        self.new = torch.zeros(2 * b, cols.width)  # their new values; scratch stays 0
-        self.s_w, self.new_w = self.s[:, :d], self.new[:, :d]
+        # The distinct rows, updated in place and written back (in-place operations
+        # on column views avoid the copies that ``out=`` a strided view would cost).
+        self.s = torch.empty(2 * b, cols.width)
+        self.s_w = self.s[:, :d]
         self.s_state = [self.s[:, d * i : d * (i + 1)] for i in range(1, cols.blocks + 1)]
-        self.new_state = [self.new[:, d * i : d * (i + 1)] for i in range(1, cols.blocks + 1)]
         if cols.last is not None:
             self.s_last = self.s.view(torch.int32)[:, cols.last]
-            self.new_last = self.new.view(torch.int32)[:, cols.last]
-        self.p, self.q = self.s[:b, :k], self.s[b:, :k]
-        self.grad = torch.zeros(2 * b, d)  # row gradients
+
+        self.occ = torch.empty(2 * b, cols.width)  # the rows of each occurrence
+        self.occ_w = self.occ[:, :d]
+        self.p, self.q = self.occ[:b, :k], self.occ[b:, :k]
+        self.grad = torch.zeros(2 * b, d)  # gradient per occurrence
         self.grad_p, self.grad_q = self.grad[:b, :k], self.grad[b:, :k]
         if shape.main:
-            self.b_user, self.b_movie = self.s[:b, k], self.s[b:, k]
+            self.b_user, self.b_movie = self.occ[:b, k], self.occ[b:, k]
             self.grad_bias = self.grad[:, k].view(2, b)
-        self.total = torch.empty(2 * b, d)  # row gradients summed over duplicates
-        self.denom = torch.empty(2 * b, d)
+        self.total = torch.empty(2 * b, d)  # gradient per distinct row
         self.idle = torch.empty(2 * b, dtype=torch.int32)
         self.decay = torch.empty(2 * b, 2)
         self.decay_v, self.decay_w = self.decay[:, :1], self.decay[:, 1:]
@@ -281,12 +279,13 @@ class FusedEngine:
         self.d = shape.k + int(shape.main)
 
         rule = _ROW_RULES[type(row_optimizer)]
-        self.cols = _columns(self.d, rule.blocks, rule.uses_last, rule.uses_scratch)
-        self.table = torch.zeros(self.n_users + self.n_movies, self.cols.width)
-        if self.cols.scratch is not None:
-            self.scratch = self.table[:, self.cols.scratch : self.cols.scratch + self.d]
-        if self.cols.last is not None:
-            self.last = self.table.view(torch.int32)[:, self.cols.last]
+        last = self.d * (1 + rule.blocks) if rule.uses_last else None
+        self.cols = _Columns(self.d, rule.blocks, last)
+        # One spare row after the movies pads each batch's distinct rows to a fixed count.
+        self.spare = self.n_users + self.n_movies
+        self.table = torch.zeros(self.spare + 1, self.cols.width)
+        if last is not None:
+            self.last = self.table.view(torch.int32)[:, last]
         self.rows = rule(row_optimizer, self)
         self.dense = _DenseRule(model, dense_optimizer, shape) if shape.side else None
         self._buffers: dict[int, _Buffers] = {}
@@ -295,7 +294,7 @@ class FusedEngine:
 
     def regions(self) -> dict[str, tuple[slice, slice]]:
         """Row table name -> (rows, columns) of the packed table that hold it."""
-        users, movies = slice(0, self.n_users), slice(self.n_users, None)
+        users, movies = slice(0, self.n_users), slice(self.n_users, self.spare)
         k = self.k
         out = {"user_factors": (users, slice(0, k)), "movie_factors": (movies, slice(0, k))}
         if self.shape.main:
@@ -359,17 +358,17 @@ class FusedEngine:
         try:
             for lo in range(0, n, chunk):
                 rows = order[lo : lo + chunk]
-                index, targets = self._chunk_index(train, trainer._targets, rows, size)
-                first = lo // size
-                for i, (idx, t) in enumerate(zip(index, targets, strict=True)):
-                    b = first + i
-                    step += 1
-                    self.step(idx, t, step, sq[b], penalty[b])
-                    if (b + 1) % CHECK_EVERY == 0 or b + 1 == n_batches:
-                        trainer.step = step
-                        trainer._check_finite(sq + penalty, b, CHECK_EVERY)
-                        if progress is not None:
-                            progress(b + 1, n_batches)
+                b = lo // size
+                for distinct, inverse, t in self._chunk_batches(train, trainer._targets, rows, size):
+                    for i in range(t.shape[0]):
+                        step += 1
+                        self.step(distinct[i], inverse[i], t[i], step, sq[b], penalty[b])
+                        b += 1
+                        if b % CHECK_EVERY == 0 or b == n_batches:
+                            trainer.step = step
+                            trainer._check_finite(sq + penalty, b - 1, CHECK_EVERY)
+                            if progress is not None:
+                                progress(b, n_batches)
         finally:
             trainer.step = step
             self.store()
@@ -377,32 +376,53 @@ class FusedEngine:
         penalty_total = float(penalty.sum(dtype=torch.float64))
         return (sq_total + penalty_total) / n, sq_total / n
 
-    def _chunk_index(
+    def _chunk_batches(
         self, train: Examples, targets: Tensor, rows: Tensor, size: int
-    ) -> tuple[list[Tensor], list[Tensor]]:
-        """Per batch: the packed-table rows (users, then movies) and the targets."""
+    ) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """Batches of the training ``rows``, by batch size: distinct rows, inverse, targets.
+
+        Each is a matrix with a line per batch (see :func:`_distinct_rows`); the
+        full batches come first, then the short last one, if any.
+        """
         u = train.users.index_select(0, rows)
         m = train.movies.index_select(0, rows).add_(self.n_users)
+        t = targets.index_select(0, rows)
         full = len(rows) // size
-        pairs = torch.stack([u[: full * size].view(full, size), m[: full * size].view(full, size)])
-        index = list(pairs.transpose(0, 1).reshape(full, 2 * size).unbind(0))
-        if full * size < len(rows):
-            index.append(torch.cat([u[full * size :], m[full * size :]]))
-        return index, list(targets.index_select(0, rows).split(size))
+        parts = [(0, full * size, size), (full * size, len(rows), len(rows) - full * size)]
+        out: list[tuple[Tensor, Tensor, Tensor]] = []
+        for lo, hi, n in parts:
+            if hi <= lo:
+                continue
+            packed = torch.cat([u[lo:hi].view(-1, n), m[lo:hi].view(-1, n)], 1)
+            distinct, inverse = _distinct_rows(packed.numpy(), self.spare)
+            out.append((distinct, inverse, t[lo:hi].view(-1, n)))
+        return out
 
     # -- one step -------------------------------------------------------------------
 
-    def step(self, idx: Tensor, t: Tensor, step: int, sq: Tensor, penalty: Tensor) -> None:
-        """Train on one batch: ``idx`` holds its user rows, then its movie rows.
+    def step(
+        self,
+        distinct: Tensor,
+        inverse: Tensor,
+        t: Tensor,
+        step: int,
+        sq: Tensor,
+        penalty: Tensor,
+    ) -> None:
+        """Train on one batch of ``b`` ratings (see :func:`_distinct_rows`).
 
-        Writes the batch's summed squared error to ``sq`` and its l2 penalty
-        (times the batch size) to ``penalty``.
+        ``distinct`` lists the packed rows the batch touches (padded to ``2b``
+        with the spare row); ``inverse[i]`` is the position in ``distinct`` of
+        the row of occurrence ``i`` (users ``0..b-1``, then movies). Writes the
+        batch's summed squared error to ``sq`` and its l2 penalty (times the
+        batch size) to ``penalty``.
         """
         b = t.shape[0]
         buf = self._buffers.get(b)
         if buf is None:
             buf = self._buffers[b] = _Buffers(b, self.shape, self.cols, self.block_rows)
-        torch.index_select(self.table, 0, idx, out=buf.s)
+        torch.index_select(self.table, 0, distinct, out=buf.s)
+        torch.index_select(buf.s, 0, inverse, out=buf.occ)
         err = buf.err
 
         # Forward, main branch: err = p.q + b_u + b_m - t; the side branch adds to it.
@@ -420,24 +440,55 @@ class FusedEngine:
         torch.dot(err, err, out=sq)
 
         # Row gradients of the main branch plus those flowing back from the side branch.
-        if self.shape.main and self.dense is not None:
-            torch.addcmul(buf.dx_p, buf.g_col, buf.q, out=buf.grad_p)
-            torch.addcmul(buf.dx_q, buf.g_col, buf.p, out=buf.grad_q)
-        elif self.shape.main:
-            torch.mul(buf.q, buf.g_col, out=buf.grad_p)
-            torch.mul(buf.p, buf.g_col, out=buf.grad_q)
-        else:
+        # (In place: ``out=`` a strided view would compute into a copy first.)
+        if self.dense is not None:
             buf.grad_p.copy_(buf.dx_p)
             buf.grad_q.copy_(buf.dx_q)
+        if self.shape.main and self.dense is not None:
+            buf.grad_p.addcmul_(buf.g_col, buf.q)
+            buf.grad_q.addcmul_(buf.g_col, buf.p)
+        elif self.shape.main:
+            buf.grad_p.copy_(buf.q).mul_(buf.g_col)
+            buf.grad_q.copy_(buf.p).mul_(buf.g_col)
         if self.shape.main:
             buf.grad_bias.copy_(buf.g_both)
         if self.l2 > 0:
-            penalty.copy_((buf.s_w * buf.s_w).sum()).mul_(self.l2)
-            buf.grad.add_(buf.s_w, alpha=2.0 * self.l2 / b)
+            penalty.copy_((buf.occ_w * buf.occ_w).sum()).mul_(self.l2)
+            buf.grad.add_(buf.occ_w, alpha=2.0 * self.l2 / b)
 
-        self.rows.update(idx, step, buf)
+        # Sum the gradients of each distinct row, then update the rows.
+        buf.total.zero_().index_add_(0, inverse, buf.grad)
+        self.rows.update(distinct, step, buf)
         if self.dense is not None:
             self.dense.update()
+
+
+def _distinct_rows(packed: np.ndarray, spare: int) -> tuple[Tensor, Tensor]:
+    """The distinct rows of each batch, and where each occurrence finds its row.
+
+    ``packed`` holds one batch per line: ``m`` packed-table rows (a row may
+    repeat). Returns ``distinct``, each line's distinct rows in increasing
+    order, padded to ``m`` entries with ``spare``, and ``inverse`` with
+    ``distinct[i, inverse[i, j]] == packed[i, j]``. A row then appears once
+    in an update however often the batch rates it, and the padding keeps
+    every batch's buffers the same size (the spare row only ever receives a
+    zero gradient).
+    """
+    m = packed.shape[1]
+    keys = packed * m + np.arange(m)  # sorting by row also sorts by position within a row
+    keys.sort(axis=1)
+    rows = keys // m
+    first = np.empty(keys.shape, dtype=bool)
+    first[:, 0] = True
+    np.not_equal(rows[:, 1:], rows[:, :-1], out=first[:, 1:])
+    group = np.cumsum(first, axis=1) - 1
+
+    inverse = np.empty_like(group)
+    np.put_along_axis(inverse, keys - rows * m, group, axis=1)
+    distinct = np.full(keys.shape, spare, dtype=np.int64)
+    batch = np.nonzero(first)[0]
+    distinct[batch, group[first]] = rows[first]
+    return torch.from_numpy(distinct), torch.from_numpy(inverse)
 
 
 # -- the side branch ---------------------------------------------------------------
@@ -597,12 +648,17 @@ class _DenseRule:
             exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1 - b2)
             correction1 = 1 - b1**self.n_steps
             correction2 = 1 - b2**self.n_steps
-            denom = exp_avg_sq.sqrt().div_(correction2**0.5).add_(group["eps"])
+            denom = _sqrt(exp_avg_sq).div_(correction2**0.5).add_(group["eps"])
             flat.addcdiv_(exp_avg, denom, value=-lr / correction1)
         elif self.kind == "adagrad":
             total = self.state[0]
             total.addcmul_(grad, grad, value=1)
-            flat.addcdiv_(grad, total.sqrt().add_(group["eps"]), value=-lr)
+            flat.addcdiv_(grad, _sqrt(total).add_(group["eps"]), value=-lr)
+
+
+def _sqrt(x: Tensor) -> Tensor:
+    """``x.sqrt()`` as a new tensor; the foreach kernel avoids a slow MKL path on the CPU."""
+    return torch._foreach_sqrt([x])[0]
 
 
 def _activate(kind: str, a: Tensor, tmp: Tensor) -> None:
@@ -637,7 +693,6 @@ class _RowRule:
 
     blocks = 0  # optimiser state blocks of D columns after the weights
     uses_last = False  # needs the step each row was last updated at
-    uses_scratch = True  # sums the gradients of duplicate rows first
     state_names: tuple[str, ...] = ()  # the optimiser's per-table state, one per block
 
     def __init__(self, optimizer: RowOptimizer, engine: FusedEngine) -> None:
@@ -652,24 +707,15 @@ class _RowRule:
         for i, name in enumerate(self.state_names, start=1):
             self.engine.unpack_block(i, getattr(self.optimizer, name))
 
-    def sum_duplicates(self, idx: Tensor, buf: _Buffers) -> Tensor:
-        """Per occurrence, the gradient summed over every occurrence of its row.
-
-        The scratch columns are zero before; the row update's ``index_copy_``
-        writes the zeros of ``buf.new`` back over them.
-        """
-        self.engine.scratch.index_add_(0, idx, buf.grad)
-        return torch.index_select(self.engine.scratch, 0, idx, out=buf.total)
-
-    def update(self, idx: Tensor, step: int, buf: _Buffers) -> None:
+    def update(self, distinct: Tensor, step: int, buf: _Buffers) -> None:
+        """Update the rows ``distinct`` from ``buf.s`` (as gathered) and ``buf.total``."""
         raise NotImplementedError
 
 
 class _PlainRows(_RowRule):
-    uses_scratch = False
-
-    def update(self, idx: Tensor, step: int, buf: _Buffers) -> None:
-        self.engine.table.index_add_(0, idx, buf.grad, alpha=-self.optimizer.lr)
+    def update(self, distinct: Tensor, step: int, buf: _Buffers) -> None:
+        buf.s.add_(buf.total, alpha=-self.optimizer.lr)
+        self.engine.table.index_copy_(0, distinct, buf.s)
 
 
 class _MomentumRows(_RowRule):
@@ -696,19 +742,20 @@ class _MomentumRows(_RowRule):
         for name, (rows, _) in self.engine.regions().items():
             self.optimizer.last_step[name].copy_(last[rows])
 
-    def update(self, idx: Tensor, step: int, buf: _Buffers) -> None:
-        lr = self.optimizer.lr
-        total = self.sum_duplicates(idx, buf)
+    def update(self, distinct: Tensor, step: int, buf: _Buffers) -> None:
+        lr, total = self.optimizer.lr, buf.total
 
         # Steps each row sat idle, then its factors m * m^idle and sum_{j=1..idle} m^j.
         torch.add(buf.s_last, step - 1, out=buf.idle).clamp_(max=self.decay.shape[0] - 1)
         torch.index_select(self.decay, 0, buf.idle, out=buf.decay)
 
-        v_old, v_new = buf.s_state[0], buf.new_state[0]
-        torch.mul(v_old, buf.decay_v, out=v_new).sub_(total, alpha=lr)
-        torch.addcmul(buf.s_w, buf.decay_w, v_old, out=buf.new_w).add_(v_new)
-        buf.new_last.fill_(-step)
-        self.engine.table.index_copy_(0, idx, buf.new)
+        # w += geometric * v_old; v = m^(idle+1) v_old - lr g; w += v.
+        velocity = buf.s_state[0]
+        buf.s_w.addcmul_(buf.decay_w, velocity)
+        velocity.mul_(buf.decay_v).sub_(total, alpha=lr)
+        buf.s_w.add_(velocity)
+        buf.s_last.fill_(-step)
+        self.engine.table.index_copy_(0, distinct, buf.s)
 
 
 def _momentum_decay_table(m: float) -> Tensor:
@@ -736,18 +783,17 @@ class _AdamRows(_RowRule):
     state_names = ("exp_avg", "exp_avg_sq")
     optimizer: LazyAdam
 
-    def update(self, idx: Tensor, step: int, buf: _Buffers) -> None:
-        lr, eps = self.optimizer.lr, self.optimizer.eps
+    def update(self, distinct: Tensor, step: int, buf: _Buffers) -> None:
+        lr, eps, total = self.optimizer.lr, self.optimizer.eps, buf.total
         b1, b2 = self.optimizer.betas
-        total = self.sum_duplicates(idx, buf)
 
-        (m_old, v_old), (m_new, v_new) = buf.s_state, buf.new_state
-        torch.mul(m_old, b1, out=m_new).add_(total, alpha=1 - b1)
-        torch.mul(v_old, b2, out=v_new).addcmul_(total, total, value=1 - b2)
+        exp_avg, exp_avg_sq = buf.s_state
+        exp_avg.mul_(b1).add_(total, alpha=1 - b1)
+        exp_avg_sq.mul_(b2).addcmul_(total, total, value=1 - b2)
         step_size = lr * (1 - b2**step) ** 0.5 / (1 - b1**step)
-        denom = torch.sqrt(v_new, out=buf.denom).add_(eps)
-        torch.addcdiv(buf.s_w, m_new, denom, value=-step_size, out=buf.new_w)
-        self.engine.table.index_copy_(0, idx, buf.new)
+        denom = _sqrt(exp_avg_sq).add_(eps)
+        buf.s_w.addcdiv_(exp_avg, denom, value=-step_size)
+        self.engine.table.index_copy_(0, distinct, buf.s)
 
 
 class _AdagradRows(_RowRule):
@@ -757,15 +803,13 @@ class _AdagradRows(_RowRule):
     state_names = ("sum_sq",)
     optimizer: LazyAdagrad
 
-    def update(self, idx: Tensor, step: int, buf: _Buffers) -> None:
-        lr, eps = self.optimizer.lr, self.optimizer.eps
-        total = self.sum_duplicates(idx, buf)
+    def update(self, distinct: Tensor, step: int, buf: _Buffers) -> None:
+        lr, eps, total = self.optimizer.lr, self.optimizer.eps, buf.total
 
-        acc_old, acc_new = buf.s_state[0], buf.new_state[0]
-        torch.addcmul(acc_old, total, total, out=acc_new)
-        denom = torch.sqrt(acc_new, out=buf.denom).add_(eps)
-        torch.addcdiv(buf.s_w, total, denom, value=-lr, out=buf.new_w)
-        self.engine.table.index_copy_(0, idx, buf.new)
+        sum_sq = buf.s_state[0].addcmul_(total, total)
+        denom = _sqrt(sum_sq).add_(eps)
+        buf.s_w.addcdiv_(total, denom, value=-lr)
+        self.engine.table.index_copy_(0, distinct, buf.s)
 
 
 _ROW_RULES: dict[type[RowOptimizer], type[_RowRule]] = {
