@@ -24,7 +24,7 @@ import numpy as np
 
 from resrec.config import TrainConfig, preset
 from resrec.data.ratings import Ratings
-from resrec.errors import ConfigError
+from resrec.errors import ConfigError, DivergenceError
 from resrec.split import Split, split_ratings
 from resrec.workflow import Encoded, encode_ratings, fit
 
@@ -137,7 +137,14 @@ def tune(
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3),
     )
     started = time.perf_counter()
-    study.optimize(objective, n_trials=trials, timeout=timeout, callbacks=[callback])
+    # A diverging trial (too high a learning rate) fails alone; the search goes on.
+    study.optimize(
+        objective,
+        n_trials=trials,
+        timeout=timeout,
+        callbacks=[callback],
+        catch=(DivergenceError,),
+    )
     seconds = time.perf_counter() - started
 
     completed = [t for t in study.trials if t.value is not None and t.state.name == "COMPLETE"]

@@ -357,9 +357,9 @@ class FusedEngine:
         self.load(step)
         try:
             for lo in range(0, n, chunk):
-                rows = order[lo : lo + chunk]
-                b = lo // size
-                for distinct, inverse, t in self._chunk_batches(train, trainer._targets, rows, size):
+                rows, b = order[lo : lo + chunk], lo // size
+                parts = self._chunk_batches(train, trainer._targets, rows, size)
+                for distinct, inverse, t in parts:
                     for i in range(t.shape[0]):
                         step += 1
                         self.step(distinct[i], inverse[i], t[i], step, sq[b], penalty[b])
