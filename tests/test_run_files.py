@@ -98,7 +98,7 @@ def test_weights_file_is_safetensors(run_copy: Path) -> None:
     data = (run_copy / "weights.safetensors").read_bytes()
     header_size = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + header_size])
-    assert header["__metadata__"]["format"] == "resrec"
+    assert header["__metadata__"]["format"] == "pt"
     assert all(v["dtype"] == "F32" for k, v in header.items() if k != "__metadata__")
 
 

@@ -42,8 +42,8 @@ Results
     per step, with the same float32 values.
 
 Large batches
-    The side branch of a large batch is computed in blocks of
-    :data:`BLOCK_ROWS` rows, so the hidden activations of a block stay in the
+    The side branch of a large batch is computed in blocks of rows holding
+    about :data:`BLOCK_FLOATS` hidden activations, so that they stay in the
     core's cache; the weight gradients are summed over the blocks.
 
 Limitations
@@ -74,7 +74,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BLOCK_ROWS = 256  # rows of the side branch computed together in a large batch
+BLOCK_FLOATS = 1 << 17  # hidden activations computed together (rows x hidden width)
 CHUNK_RATINGS = 1 << 20  # ratings whose batch indices are prepared at once
 CHECK_EVERY = 256  # batches between checks for a non-finite loss
 EVAL_ROWS = 1024  # rows per block in evaluation
@@ -177,7 +177,9 @@ class _Columns:
 
     @property
     def width(self) -> int:
-        return self.d * (1 + self.blocks) + int(self.last is not None)
+        """Columns in all, rounded up to a multiple of 4 for :meth:`FusedEngine.write_rows`."""
+        used = self.d * (1 + self.blocks) + int(self.last is not None)
+        return (used + 3) // 4 * 4
 
 
 class _Buffers:
@@ -190,7 +192,7 @@ class _Buffers:
     :func:`_distinct_rows`).
     """
 
-    def __init__(self, b: int, shape: _Shape, cols: _Columns, block_rows: int) -> None:
+    def __init__(self, b: int, shape: _Shape, cols: _Columns, block_floats: int) -> None:
         k, d = shape.k, cols.d
         self.b = b
         # The distinct rows, updated in place and written back (in-place operations
@@ -223,7 +225,7 @@ class _Buffers:
         self.dx_p, self.dx_q = self.dx[:, :k], self.dx[:, k : 2 * k]
 
         # The side branch in blocks of rows: (x, err, g, dx, activation, scratch, first).
-        rows = min(b, block_rows)
+        rows = min(b, max(64, block_floats // max(1, shape.hidden)))
         hidden, tmp = torch.empty(rows, shape.hidden), torch.empty(rows, shape.hidden)
         self.blocks = [
             (
@@ -251,8 +253,9 @@ class FusedEngine:
         state before each pass and writes their state back after it.
     l2
         The trainer's penalty on the gathered rows (``config.l2``).
-    block_rows
-        Rows of the side branch computed together.
+    block_floats
+        The side branch of a large batch is computed in blocks of about this
+        many hidden activations, to keep them in the core's cache.
     """
 
     def __init__(
@@ -262,7 +265,7 @@ class FusedEngine:
         dense_optimizer: torch.optim.Optimizer | None,
         *,
         l2: float = 0.0,
-        block_rows: int = BLOCK_ROWS,
+        block_floats: int = BLOCK_FLOATS,
     ) -> None:
         reason = unsupported_reason(model, row_optimizer, dense_optimizer)
         if reason is not None:
@@ -272,7 +275,7 @@ class FusedEngine:
         self.model = model
         self.shape = shape
         self.l2 = l2
-        self.block_rows = block_rows
+        self.block_floats = block_floats
         self.n_users = int(model.n_users)
         self.n_movies = int(model.n_movies)
         self.k = shape.k
@@ -318,6 +321,10 @@ class FusedEngine:
         tables = self.model.row_tables()
         return {name: table.weight.data for name, (table, _) in tables.items()}
 
+    def write_rows(self, distinct: Tensor, rows: Tensor) -> None:
+        """``table[distinct] = rows``, 16 bytes at a time (twice as fast as 4 here)."""
+        self.table.view(torch.complex128).index_copy_(0, distinct, rows.view(torch.complex128))
+
     def load(self, step: int) -> None:
         """Copy the model's weights and the optimisers' state in, as of ``step``."""
         with torch.no_grad():
@@ -358,6 +365,7 @@ class FusedEngine:
         try:
             for lo in range(0, n, chunk):
                 rows, b = order[lo : lo + chunk], lo // size
+                self.rows.reset_spare()
                 parts = self._chunk_batches(train, trainer._targets, rows, size)
                 for distinct, inverse, t in parts:
                     for i in range(t.shape[0]):
@@ -420,7 +428,7 @@ class FusedEngine:
         b = t.shape[0]
         buf = self._buffers.get(b)
         if buf is None:
-            buf = self._buffers[b] = _Buffers(b, self.shape, self.cols, self.block_rows)
+            buf = self._buffers[b] = _Buffers(b, self.shape, self.cols, self.block_floats)
         torch.index_select(self.table, 0, distinct, out=buf.s)
         torch.index_select(buf.s, 0, inverse, out=buf.occ)
         err = buf.err
@@ -657,8 +665,13 @@ class _DenseRule:
 
 
 def _sqrt(x: Tensor) -> Tensor:
-    """``x.sqrt()`` as a new tensor; the foreach kernel avoids a slow MKL path on the CPU."""
-    return torch._foreach_sqrt([x])[0]
+    """``x.sqrt()`` as a new contiguous tensor.
+
+    The square root of a strided view runs several times slower here than that
+    of a contiguous copy, so the copy comes first.
+    """
+    out = x.contiguous()
+    return out.sqrt_() if out is not x else out.sqrt()
 
 
 def _activate(kind: str, a: Tensor, tmp: Tensor) -> None:
@@ -694,6 +707,7 @@ class _RowRule:
     blocks = 0  # optimiser state blocks of D columns after the weights
     uses_last = False  # needs the step each row was last updated at
     state_names: tuple[str, ...] = ()  # the optimiser's per-table state, one per block
+    spare_state: tuple[float, ...] = ()  # the spare row's state per block (see reset_spare)
 
     def __init__(self, optimizer: RowOptimizer, engine: FusedEngine) -> None:
         self.optimizer = optimizer
@@ -702,6 +716,17 @@ class _RowRule:
     def load(self, step: int) -> None:
         for i, name in enumerate(self.state_names, start=1):
             self.engine.pack_block(i, getattr(self.optimizer, name))
+        self.reset_spare()
+
+    def reset_spare(self) -> None:
+        """Give the spare row state that keeps its arithmetic away from zeros and denormals.
+
+        Its gradient is always zero, so its values never matter, but a square
+        root of zero or a denormal takes MKL's slow path on every step.
+        """
+        d, row = self.engine.d, self.engine.table[self.engine.spare]
+        for i, value in enumerate(self.spare_state, start=1):
+            row[i * d : (i + 1) * d].fill_(value)
 
     def store(self) -> None:
         for i, name in enumerate(self.state_names, start=1):
@@ -714,8 +739,8 @@ class _RowRule:
 
 class _PlainRows(_RowRule):
     def update(self, distinct: Tensor, step: int, buf: _Buffers) -> None:
-        buf.s.add_(buf.total, alpha=-self.optimizer.lr)
-        self.engine.table.index_copy_(0, distinct, buf.s)
+        buf.s_w.add_(buf.total, alpha=-self.optimizer.lr)
+        self.engine.write_rows(distinct, buf.s)
 
 
 class _MomentumRows(_RowRule):
@@ -755,7 +780,7 @@ class _MomentumRows(_RowRule):
         velocity.mul_(buf.decay_v).sub_(total, alpha=lr)
         buf.s_w.add_(velocity)
         buf.s_last.fill_(-step)
-        self.engine.table.index_copy_(0, distinct, buf.s)
+        self.engine.write_rows(distinct, buf.s)
 
 
 def _momentum_decay_table(m: float) -> Tensor:
@@ -781,6 +806,7 @@ class _AdamRows(_RowRule):
 
     blocks = 2
     state_names = ("exp_avg", "exp_avg_sq")
+    spare_state = (0.0, 1.0)
     optimizer: LazyAdam
 
     def update(self, distinct: Tensor, step: int, buf: _Buffers) -> None:
@@ -793,7 +819,7 @@ class _AdamRows(_RowRule):
         step_size = lr * (1 - b2**step) ** 0.5 / (1 - b1**step)
         denom = _sqrt(exp_avg_sq).add_(eps)
         buf.s_w.addcdiv_(exp_avg, denom, value=-step_size)
-        self.engine.table.index_copy_(0, distinct, buf.s)
+        self.engine.write_rows(distinct, buf.s)
 
 
 class _AdagradRows(_RowRule):
@@ -801,6 +827,7 @@ class _AdagradRows(_RowRule):
 
     blocks = 1
     state_names = ("sum_sq",)
+    spare_state = (1.0,)
     optimizer: LazyAdagrad
 
     def update(self, distinct: Tensor, step: int, buf: _Buffers) -> None:
@@ -809,7 +836,7 @@ class _AdagradRows(_RowRule):
         sum_sq = buf.s_state[0].addcmul_(total, total)
         denom = _sqrt(sum_sq).add_(eps)
         buf.s_w.addcdiv_(total, denom, value=-lr)
-        self.engine.table.index_copy_(0, distinct, buf.s)
+        self.engine.write_rows(distinct, buf.s)
 
 
 _ROW_RULES: dict[type[RowOptimizer], type[_RowRule]] = {
