@@ -125,13 +125,19 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The published tutorial, exactly: K=10, 400 ELU units, SGD(0.08, momentum 0.9),
     # batch 128, 15 epochs, no regularisation, shuffled 80/20 split.
     "tutorial": {},
-    # Large batches and Adam: reaches the tutorial's test error in a fraction of its time.
+    # Reaches the tutorial's final test RMSE in about a tenth of its time (see the README):
+    # wider factors and a smaller side branch, lazy Adam on batches of 1024, l2 on the
+    # rows, and a cosine schedule that ends the three epochs at a learning rate near 0.
     "fast": {
+        "embedding_dim": 24,
+        "hidden": (32,),
         "optimizer": "adam",
-        "lr": 0.004,
-        "batch_size": 8192,
-        "epochs": 8,
-        "l2": 0.0,
+        "lr": 0.012,
+        "l2": 0.04,
+        "batch_size": 1024,
+        "epochs": 3,
+        "schedule": "cosine",
+        "threads": 1,  # its operations are small: a second thread costs more than it saves
     },
     # The best validation RMSE found; see the README for how it was chosen.
     "accurate": {

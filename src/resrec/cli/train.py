@@ -71,7 +71,7 @@ def train(
     progress: Annotated[
         bool | None, Opt("--progress/--no-progress", help="Progress bar (default: on a terminal).")
     ] = None,
-    model: Annotated[str | None, Opt(help="residual, mf or deep.")] = None,
+    model: Annotated[str | None, Opt(help="residual, mf, deep, biases or global-mean.")] = None,
     embedding_dim: Annotated[int | None, Opt(help="K, the latent size.")] = None,
     hidden: Annotated[str | None, Opt(help="Side-branch widths, e.g. '400' or '256,64'.")] = None,
     activation: Annotated[str | None, Opt(help="elu, relu, tanh, gelu or identity.")] = None,

@@ -380,11 +380,11 @@ class Trainer:
     ) -> list[dict[str, float]]:
         """Train until ``config.epochs`` or early stopping; return the history.
 
-        With a validation set, the epoch with the lowest validation RMSE is
-        ``best_epoch``; with ``config.early_stopping = k`` the loop stops once
-        validation RMSE has not improved for ``k`` epochs and the weights of the
-        best epoch are restored. Without a validation set the last epoch counts
-        as the best. The test set is never looked at for any decision.
+        With ``config.early_stopping = k`` (which needs a validation set) the loop
+        stops once validation RMSE has not improved for ``k`` epochs, restores the
+        weights of the epoch with the lowest validation RMSE and reports it as
+        ``best_epoch``. Otherwise the last epoch's weights are kept and
+        ``best_epoch`` is the last epoch. The test set is never looked at.
         """
         c = self.config
         while self.epoch < c.epochs and not self.stopped:
@@ -394,6 +394,8 @@ class Trainer:
                 on_epoch(record)
         if c.early_stopping and self.best_state is not None and self.best_epoch != self.epoch:
             self.model.load_state_dict(self.best_state)
+        elif not c.early_stopping:
+            self.best_epoch = self.epoch  # the weights kept are the last epoch's
         return self.history
 
     def _track_best(self, record: dict[str, float]) -> None:
