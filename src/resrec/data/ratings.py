@@ -19,9 +19,7 @@ class RatingScale:
 
     def __post_init__(self) -> None:
         if not (self.step > 0 and self.high > self.low):
-            raise ConfigError(
-                f"rating scale needs low < high and step > 0; got {self}"
-            )
+            raise ConfigError(f"rating scale needs low < high and step > 0; got {self}")
         n_steps = (self.high - self.low) / self.step
         if abs(n_steps - round(n_steps)) > 1e-9:
             raise ConfigError(f"rating scale: (high - low) is not a multiple of step in {self}")

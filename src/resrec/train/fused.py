@@ -17,20 +17,23 @@ What it handles
 
 How the state is laid out
     For the duration of one pass over the training split, every per-row
-    value lives in one table ``S`` with a row per user followed by a row per
-    movie. A row holds the factors and the bias (``D = K + 1`` columns, ``K``
-    for the deep model), then the row optimiser's state in blocks of ``D``
-    columns (momentum's velocity, or Adam's two moments, or Adagrad's sums).
-    One gather reads a batch's user and movie rows with their optimiser state,
-    and one update serves all four tables, because their update rule is the
-    same. The side branch's parameters live in one flat vector, laid out so
-    that its two biases ride along with the weights in the matrix products
-    (a column of ones is appended to the layer inputs). :meth:`FusedEngine.load`
-    copies the model and optimiser state in before a pass;
-    :meth:`FusedEngine.store` copies it back after it, so between passes the
-    model, the row optimiser and the ``torch.optim`` optimiser hold exactly what
-    the autograd path would have left there, and checkpoints, evaluation and
-    saving see no difference.
+    value lives in one table with a row per user, then a row per movie, then
+    one spare row. A row holds the factors and the bias (``D = K + 1``
+    columns, ``K`` for the deep model), then the row optimiser's state in
+    blocks of ``D`` columns (momentum's velocity, or Adam's two moments, or
+    Adagrad's sums), and for momentum the step the row was last updated at.
+    Before a chunk of batches is trained, each batch's distinct rows are
+    found with one vectorised sort (:func:`_distinct_rows`); a step then
+    gathers each distinct row once, with its optimiser state, sums the
+    gradients of its occurrences, updates it in place and writes it back once.
+    One update serves all four tables, because their rule is the same. The
+    side branch's parameters live in one flat vector, laid out so that its
+    first bias rides along with the weights in the matrix products (a column
+    of ones is appended to the input). :meth:`FusedEngine.load` copies the
+    model and optimiser state in before a pass; :meth:`FusedEngine.store`
+    copies it back after it, so between passes the model, the row optimiser
+    and the ``torch.optim`` optimiser hold what the autograd path would have
+    left there, and checkpoints, evaluation and saving see no difference.
 
 Results
     The arithmetic is that of the autograd path up to float32 rounding: sums
@@ -77,7 +80,7 @@ log = logging.getLogger(__name__)
 BLOCK_FLOATS = 1 << 17  # hidden activations computed together (rows x hidden width)
 CHUNK_RATINGS = 1 << 20  # ratings whose batch indices are prepared at once
 CHECK_EVERY = 256  # batches between checks for a non-finite loss
-EVAL_ROWS = 1024  # rows per block in evaluation
+FALLBACK_ROWS = 65536  # rows per call of an unsupported model's forward
 
 _ACTIVATIONS: dict[type[nn.Module], str] = {
     nn.ELU: "elu",
@@ -292,6 +295,7 @@ class FusedEngine:
         self.rows = rule(row_optimizer, self)
         self.dense = _DenseRule(model, dense_optimizer, shape) if shape.side else None
         self._buffers: dict[int, _Buffers] = {}
+        log.debug("fused training step for %s, rows of %d columns", shape, self.cols.width)
 
     # -- moving state in and out ----------------------------------------------------
 
@@ -852,24 +856,27 @@ _ROW_RULES: dict[type[RowOptimizer], type[_RowRule]] = {
 
 @torch.no_grad()
 def predict_offsets(
-    model: RatingModel, users: Tensor, movies: Tensor, *, block_rows: int = EVAL_ROWS
+    model: RatingModel, users: Tensor, movies: Tensor, *, block_rows: int | None = None
 ) -> Tensor:
     """Raw outputs (prediction minus mu) of any rating model, block by block.
 
     Supported models (see :func:`unsupported_reason`) are computed with the
     fused forward pass and its cheaper ELU; others call ``model(users, movies)``
-    on blocks of ``block_rows``.
+    on blocks of ``block_rows`` (default: as many as keep :data:`BLOCK_FLOATS`
+    hidden activations, or :data:`FALLBACK_ROWS` for the models' own forward).
     """
     out = torch.empty(users.shape[0], dtype=torch.float32, device=users.device)
     shape = _shape(model)
     if isinstance(shape, str) or users.device.type != "cpu":
-        for lo in range(0, users.shape[0], block_rows * 64):
-            hi = lo + block_rows * 64
+        rows = block_rows or FALLBACK_ROWS
+        for lo in range(0, users.shape[0], rows):
+            hi = lo + rows
             out[lo:hi] = model(users[lo:hi], movies[lo:hi])
         return out
-    forward = _EvalForward(model, shape, block_rows)
-    for lo in range(0, users.shape[0], block_rows):
-        hi = lo + block_rows
+    rows = block_rows or max(64, BLOCK_FLOATS // max(1, shape.hidden))
+    forward = _EvalForward(model, shape, rows)
+    for lo in range(0, users.shape[0], rows):
+        hi = lo + rows
         forward(users[lo:hi], movies[lo:hi], out[lo:hi])
     return out
 
