@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from resrec.errors import ConfigError
 
@@ -66,10 +67,11 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, saved as is
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _check(self.embedding_dim >= 1, "embedding_dim must be >= 1", self.embedding_dim)
         _check(all(h >= 1 for h in self.hidden), "hidden widths must be >= 1", self.hidden)
         _check(0 <= self.dropout < 1, "dropout must be in [0, 1)", self.dropout)
-        _check(self.lr > 0, "lr must be > 0", self.lr)
+        _check(0 < self.lr <= 10, "lr must be > 0 and at most 10", self.lr)
         _check(0 <= self.momentum < 1, "momentum must be in [0, 1)", self.momentum)
         _check(self.l2 >= 0 and self.l2_dense >= 0, "l2 penalties must be >= 0", self.l2)
         _check(self.batch_size >= 1, "batch_size must be >= 1", self.batch_size)
@@ -106,6 +108,47 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         return cls().replace(**data)
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "model": get_args(ModelKind),
+    "optimizer": get_args(OptimizerKind),
+    "activation": get_args(Activation),
+    "schedule": get_args(Schedule),
+    "device": ("auto", "cpu", "cuda"),
+}
+_SCALARS: dict[str, type] = {"int": int, "float": float, "bool": bool}
+_LARGEST_SEED = 2**32 - 1
+
+
+def _check_types(config: TrainConfig) -> None:
+    """Each field has its declared type, a finite value and, for names, a known choice."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name in _CHOICES:
+            if value not in _CHOICES[f.name]:
+                raise ConfigError(
+                    f"{f.name} must be one of {list(_CHOICES[f.name])}; got {value!r}"
+                )
+        elif f.name in ("hidden", "betas"):
+            kind = int if f.name == "hidden" else float
+            if not all(_is(item, kind) for item in value):
+                raise ConfigError(f"{f.name} must be a list of {kind.__name__}s; got {value!r}")
+        elif f.type in _SCALARS and not _is(value, _SCALARS[f.type]):
+            article = "an" if f.type == "int" else "a"
+            raise ConfigError(f"{f.name} must be {article} {f.type}; got {value!r}")
+    if not 0 <= config.seed <= _LARGEST_SEED:
+        raise ConfigError(f"seed must be in [0, {_LARGEST_SEED}]; got {config.seed}")
+
+
+def _is(value: object, kind: type) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if kind is int:
+        return isinstance(value, int)
+    return isinstance(value, int | float) and math.isfinite(value)
 
 
 def _coerce(changes: dict[str, Any]) -> dict[str, Any]:

@@ -1137,7 +1137,15 @@ class Recommender:
         in the returned report.
         """
         started = time.perf_counter()
-        report = _score_csv(self, Path(pairs_path), Path(out_path), fallback, max_reported)
+        source, target = Path(pairs_path), Path(out_path)
+        if target.exists() and source.exists() and target.resolve() == source.resolve():
+            raise ConfigError(
+                f"--out {target} is the --pairs file itself; it would be overwritten",
+                hint="write the predictions to another file",
+            )
+        if target.is_dir():
+            raise ConfigError(f"--out {target} is a folder; expected a file name for the CSV")
+        report = _score_csv(self, source, target, fallback, max_reported)
         report.seconds = time.perf_counter() - started
         return report
 

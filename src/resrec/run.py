@@ -70,11 +70,7 @@ STAGING_ONLY = (CHECKPOINT_NAME,)  # files of a training in progress, not of the
 def save_run(result: TrainResult, path: str | Path, *, overwrite: bool = False) -> Path:
     """Write ``result`` as a run directory at ``path``, atomically."""
     target = Path(path)
-    if target.exists() and not overwrite:
-        raise ConfigError(
-            f"run directory {target} already exists",
-            hint="choose another --out or pass --overwrite",
-        )
+    check_run_target(target, overwrite=overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
@@ -270,6 +266,46 @@ def staging_path(target: Path) -> Path:
     return target.with_name(target.name + PARTIAL_SUFFIX)
 
 
+def check_run_target(target: Path, *, overwrite: bool) -> None:
+    """Refuse an output path that cannot hold a run, or that must not be replaced.
+
+    ``overwrite`` replaces only a directory that is itself a resrec run (it
+    holds ``config.json`` and ``checksums.json``) and never the working
+    directory or a folder above it, so a mistyped ``--out`` cannot delete
+    other files.
+    """
+    if target.name in ("", ".", "..") or target.resolve() == Path(target.anchor or "/").resolve():
+        raise ConfigError(
+            f"--out must name a new folder for the run; got {str(target)!r}",
+            hint="for example --out runs/my-run",
+        )
+    if not target.exists() and not target.is_symlink():
+        return
+    if not target.is_dir():
+        raise ConfigError(
+            f"{target} exists and is not a folder; a run is a folder",
+            hint="choose another --out",
+        )
+    if not overwrite:
+        raise ConfigError(
+            f"run directory {target} already exists",
+            hint="choose another --out or pass --overwrite",
+        )
+    here = Path.cwd().resolve()
+    resolved = target.resolve()
+    if resolved == here or resolved in here.parents:
+        raise ConfigError(
+            f"refusing to replace {target}: it is the working directory or a folder above it",
+            hint="choose another --out",
+        )
+    if not ((target / "config.json").is_file() and (target / "checksums.json").is_file()):
+        raise ConfigError(
+            f"refusing to replace {target}: it is not a resrec run "
+            "(no config.json and checksums.json), and --overwrite replaces only runs",
+            hint="choose another --out, or move the folder away yourself",
+        )
+
+
 @dataclass
 class StagedRun:
     """A run in progress in ``<out>.partial/``, renamed to ``<out>`` when complete.
@@ -297,12 +333,8 @@ class StagedRun:
             When the directory cannot be created (no permission, not a folder).
         """
         target = Path(out)
+        check_run_target(target, overwrite=overwrite)
         staging = staging_path(target)
-        if target.exists() and not overwrite:
-            raise ConfigError(
-                f"run directory {target} already exists",
-                hint="choose another --out or pass --overwrite",
-            )
         if staging.exists():
             if not overwrite:
                 raise ConfigError(
@@ -385,6 +417,7 @@ class StagedRun:
             raise
 
         if self.target.exists():
+            check_run_target(self.target, overwrite=True)
             shutil.rmtree(self.target)
         os.replace(self.staging, self.target)
         fsync_directory(self.target.parent)

@@ -164,6 +164,12 @@ def fit(
     threads = set_threads(config.threads or _auto_threads(config, process))
     encoded = ratings if isinstance(ratings, Encoded) else encode_ratings(ratings)
     split = split or make_split(encoded, config)
+    if split.train.size == 0:
+        raise ConfigError(
+            f"the training split is empty: {len(encoded.ratings)} rating(s) with "
+            f"test_fraction {config.test_fraction} and valid_fraction {config.valid_fraction}",
+            hint="use more ratings or smaller --test-fraction / --valid-fraction",
+        )
     split_info = describe_split(encoded, split)
     log.info("split sizes %s", split_info["sizes"])
 

@@ -606,6 +606,14 @@ class _Digest:
 
 def _load(path: Path) -> tuple[bytes | mmap.mmap, _Digest]:
     """The file's (decompressed) bytes, and its sha256 being computed."""
+    try:
+        return _load_bytes(path)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise DataError(f"cannot read the file: {reason}", path=path) from None
+
+
+def _load_bytes(path: Path) -> tuple[bytes | mmap.mmap, _Digest]:
     with open(path, "rb") as file:
         size = file.seek(0, 2)
         if size == 0:
@@ -626,7 +634,7 @@ def _load(path: Path) -> tuple[bytes | mmap.mmap, _Digest]:
         raise DataError(
             "is a zip archive, not a ratings file",
             path=path,
-            hint="unzip it and pass the ratings file inside, or use `resrec data download`",
+            hint="unzip it and pass the ratings file inside, or use `resrec download`",
         )
     if magic[:2] in (b"\xff\xfe", b"\xfe\xff"):
         raise DataError("is UTF-16 text; save it as UTF-8", path=path)
