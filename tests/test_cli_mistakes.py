@@ -111,3 +111,10 @@ def test_score_refuses_to_overwrite_its_own_input(udata_file: Path, tmp_path: Pa
     result = runner.invoke(app, ["score", str(run), "--pairs", str(pairs), "--out", str(pairs)])
     _clean_error(result, "is the --pairs file itself")
     assert pairs.read_text() == "user_id,movie_id\n1,2\n"
+
+
+@pytest.mark.parametrize("line", ["0x10,20,3.5,2", "1,0X1A,3.5,2", "1,20,3.5,0x10"])
+def test_hexadecimal_numbers_are_refused(tmp_path: Path, line: str) -> None:
+    path = tmp_path / "ratings.csv"
+    path.write_text(f"userId,movieId,rating,timestamp\n1,10,4.0,1\n{line}\n")
+    _clean_error(_train(path, "--out", str(tmp_path / "run")), "ratings.csv:3:")

@@ -51,3 +51,9 @@ def test_id_map_properties(raw: list[int]) -> None:
     assert first == second
     assert len(first) == len(set(raw))
     assert np.array_equal(first.raw_of(index), array)
+
+
+def test_index_of_an_id_too_large_for_int64_is_unknown() -> None:
+    ids = IdMap.from_ids(np.array([1, 5]), "user")
+    with pytest.raises(UnknownIdError, match="too large"):
+        ids.index_of([99999999999999999999])

@@ -63,7 +63,12 @@ class IdMap:
         ``missing="error"`` raises :class:`UnknownIdError` naming the first unknown
         id; ``missing="negative"`` returns -1 for unknown ids.
         """
-        raw = np.asarray(raw_ids, dtype=np.int64)
+        try:
+            raw = np.asarray(raw_ids, dtype=np.int64)
+        except OverflowError:
+            raise UnknownIdError(
+                f"unknown {self.kind}_id: {raw_ids!r} holds an id too large for a 64-bit integer"
+            ) from None
         pos = np.searchsorted(self.raw_ids, raw)
         pos_clipped = np.minimum(pos, max(self.raw_ids.size - 1, 0))
         found = (pos < self.raw_ids.size) & (

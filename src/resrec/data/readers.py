@@ -774,6 +774,8 @@ def _parse_file(path: Path, options: dict[str, object]) -> Ratings:
 
 def _parse_fast(body: _Body, spec: _Spec, scale: RatingScale) -> dict[str, np.ndarray] | None:
     """All columns via one multi-threaded Arrow parse, or None if anything is wrong."""
+    if any(body.data.find(prefix, body.start, body.end) >= 0 for prefix in (b"0x", b"0X")):
+        return None  # Arrow reads 0x10 as 16; the line checks refuse hexadecimal ids
     columns = _arrow_parse(body.arrow_buffer(), spec, body.sep, threads=True)
     if columns is None or not _columns_valid(columns, scale):
         return None
@@ -795,6 +797,8 @@ def _parse_slow(
         columns = _arrow_parse(pa.py_buffer(chunk), spec, body.sep, threads=False)
         valid = (
             columns is not None
+            and b"0x" not in chunk
+            and b"0X" not in chunk
             and len(columns["rating"]) == n_lines
             and _columns_valid(columns, scale)
         )
