@@ -64,10 +64,12 @@ def compare_command(
     ] = None,
     epochs: Epochs = None,
     threads: Threads = None,
-    k: Annotated[int, Opt("--k", help="Length of the top list of the ranking metrics.")] = 10,
+    k: Annotated[
+        int, Opt("--k", min=1, help="Length of the top list of the ranking metrics.")
+    ] = 10,
     threshold: Annotated[float, Opt(help="A test rating at or above it counts as relevant.")] = 4.0,
     coverage_users: Annotated[
-        int | None, Opt(help="Users sampled for catalogue coverage (default: all).")
+        int | None, Opt(min=1, help="Users sampled for catalogue coverage (default: all).")
     ] = None,
     out: Annotated[Path | None, Opt(help="Folder for the tables and the plot.")] = None,
     save_runs: Annotated[bool, Opt(help="Also write every run directory under OUT/runs.")] = False,
@@ -109,8 +111,10 @@ def tune_command(
     model: Annotated[str, Opt(help="Model to tune: residual, mf or deep.")] = "residual",
     preset_name: PresetName = "accurate",
     config_file: ConfigFile = None,
-    trials: Annotated[int, Opt(help="Number of trials.")] = 20,
-    timeout: Annotated[float | None, Opt(help="Stop starting trials after this many s.")] = None,
+    trials: Annotated[int, Opt(min=1, help="Number of trials.")] = 20,
+    timeout: Annotated[
+        float | None, Opt(min=0.001, help="Stop starting trials after this many s.")
+    ] = None,
     seed: Annotated[int, Opt(help="Seed of the sampler.")] = 0,
     epochs: Epochs = None,
     threads: Threads = None,
