@@ -71,7 +71,7 @@ def test_out_that_is_a_file_is_refused(udata_file: Path, tmp_path: Path) -> None
         ({"optimizer": None}, "optimizer must be one of"),
         ({"schedule": "bogus"}, "schedule must be one of"),
         ({"seed": -3}, "seed must be in"),
-        ({"lr": 1e308}, "lr must be > 0 and at most 10"),
+        ({"lr": 1e308}, "lr must be > 0 and at most 1e6"),
     ],
 )
 def test_bad_config_values_are_clean_errors(

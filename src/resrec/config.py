@@ -71,7 +71,7 @@ class TrainConfig:
         _check(self.embedding_dim >= 1, "embedding_dim must be >= 1", self.embedding_dim)
         _check(all(h >= 1 for h in self.hidden), "hidden widths must be >= 1", self.hidden)
         _check(0 <= self.dropout < 1, "dropout must be in [0, 1)", self.dropout)
-        _check(0 < self.lr <= 10, "lr must be > 0 and at most 10", self.lr)
+        _check(0 < self.lr <= 1e6, "lr must be > 0 and at most 1e6", self.lr)
         _check(0 <= self.momentum < 1, "momentum must be in [0, 1)", self.momentum)
         _check(self.l2 >= 0 and self.l2_dense >= 0, "l2 penalties must be >= 0", self.l2)
         _check(self.batch_size >= 1, "batch_size must be >= 1", self.batch_size)
