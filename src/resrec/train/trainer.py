@@ -241,17 +241,14 @@ class Trainer:
         }
         for name, examples in self.eval_sets.items():
             scores = self.evaluate(examples)
-            record[f"{name}_loss"] = scores["mse"] + self._penalty_estimate()
+            # Evaluation loss is the plain MSE: the L2 term is a training device only.
+            record[f"{name}_loss"] = scores["mse"]
             for key in ("mse", "rmse", "mae"):
                 record[f"{name}_{key}"] = scores[f"{key}_clipped" if key != "mse" else key]
         record["train_seconds"] = train_seconds
         record["elapsed_seconds"] = time.perf_counter() - started
         self.history.append(record)
         return record
-
-    def _penalty_estimate(self) -> float:
-        # Evaluation loss is the plain MSE: the L2 term is a training device only.
-        return 0.0
 
     def _train_pass(self, progress: ProgressCallback | None) -> tuple[float, float]:
         if self.fused is not None:
