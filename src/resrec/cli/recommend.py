@@ -40,6 +40,8 @@ MoviesOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, Opt("--json", help="Print JSON instead of a table.")]
+UserOpt = Annotated[int, Opt("--user", help="user_id.", show_default=False)]
+MovieOpt = Annotated[int, Opt("--movie", help="movie_id.", show_default=False)]
 FallbackOpt = Annotated[
     bool,
     Opt(
@@ -60,8 +62,8 @@ def _load(run: Path, movies: Path | None) -> Recommender:
 @app.command()
 def predict(
     run: RunArg,
-    user: Annotated[int, Opt("--user", help="user_id.", show_default=False)],
-    movie: Annotated[int, Opt("--movie", help="movie_id.", show_default=False)],
+    user: UserOpt,
+    movie: MovieOpt,
     fallback: FallbackOpt = False,
     movies: MoviesOpt = None,
     as_json: JsonOpt = False,
@@ -124,7 +126,7 @@ def recommend(
 @app.command()
 def similar(
     run: RunArg,
-    movie: Annotated[int, Opt("--movie", help="movie_id.", show_default=False)],
+    movie: MovieOpt,
     n: CountOpt = 10,
     movies: MoviesOpt = None,
     as_json: JsonOpt = False,
@@ -145,8 +147,8 @@ def similar(
 @app.command()
 def explain(
     run: RunArg,
-    user: Annotated[int, Opt("--user", help="user_id.", show_default=False)],
-    movie: Annotated[int, Opt("--movie", help="movie_id.", show_default=False)],
+    user: UserOpt,
+    movie: MovieOpt,
     fallback: FallbackOpt = False,
     movies: MoviesOpt = None,
     as_json: JsonOpt = False,
