@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from resrec import inference
 from resrec.config import preset
 from resrec.data import read_ratings
 from resrec.data.ratings import WHOLE_STARS
 from resrec.errors import ConfigError, DataError, UnknownIdError
 from resrec.ids import IdMap
-from resrec.inference import TERMS, Recommender, parse_rated
+from resrec.inference import TERMS, Recommender, parse_rated, scoring
 from resrec.models.residual import MFNet
 from resrec.run import load_run, save_run
 from resrec.split import Split
@@ -475,7 +474,7 @@ def test_score_file_fallback_marks_its_rows(rec: Recommender, tmp_path: Path) ->
 def test_score_file_line_numbers_survive_many_blocks(
     rec: Recommender, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(inference, "_CSV_BLOCK", 1 << 16)
+    monkeypatch.setattr(scoring, "_CSV_BLOCK", 1 << 16)
     src = tmp_path / "pairs.csv"
     n = 300_000  # about 20 blocks of 64 KiB
     body = ["1,2"] * n
