@@ -1,4 +1,4 @@
-"""Benchmark in-process inference at ML-20M scale with a random (untrained) model.
+"""Benchmark in-process inference at ML-20M scale: top-N latency and batch scoring.
 
 Prints the median latency of a top-10 recommendation for one user over all
 movies (target: <= 5 ms) and the throughput of batch scoring, in memory and
@@ -7,11 +7,17 @@ it prints CPU-time ones, which are what the code costs when other programs
 share the cores.
 
     .venv/bin/python benchmarks/bench_inference.py            # ML-20M shape
-    .venv/bin/python benchmarks/bench_inference.py --users 943 --movies 1682
+    .venv/bin/python benchmarks/bench_inference.py --run runs/ml-1m-tutorial
 
-The model has the tutorial's shape (K=10, 400 ELU units); its weights are the
-seeded initial ones, which cost the same to evaluate as trained ones. Each
-user gets ``--rated`` random training ratings, excluded from the top-N.
+Top-N is timed on a trained model, because how many movies top-N must score
+exactly depends on the weights (see ``SideBounds`` in
+``resrec/inference/side.py``): by default a ``tutorial`` model trained for
+``--epochs`` on ``--train-ratings`` synthetic ratings of ML-20M's shape
+(138,493 users, 26,744 movies), or the run given with ``--run``. It is timed
+twice in the same process: scoring every movie for every query, and with the
+bounds. Batch scoring costs the same for any weights, so it uses a
+tutorial-shaped model with its seeded initial weights, where each user has
+``--rated`` random training ratings.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from resrec.inference import Recommender
 from resrec.models.base import build_model
 
 
-def build(n_users: int, n_movies: int, rated: int, seed: int = 0, threads: int = 1) -> Recommender:
+def build(n_users: int, n_movies: int, rated: int, seed: int = 0) -> Recommender:
     config = preset("tutorial")
     model = build_model(config, n_users, n_movies, seed=seed)
     rng = np.random.default_rng(seed)
@@ -51,7 +57,6 @@ def build(n_users: int, n_movies: int, rated: int, seed: int = 0, threads: int =
         users,
         movies,
         name="random model",
-        threads=threads,
     )
 
 
@@ -66,22 +71,45 @@ def time_calls(fn: object, args: list[int], repeat: int) -> tuple[list[float], l
     return wall, cpu
 
 
-def bench_top_n(rec: Recommender, repeat: int, thread_counts: list[int]) -> None:
+def trained(args: argparse.Namespace) -> Recommender:
+    """The run given with ``--run``, or a tutorial model trained on synthetic ratings."""
+    if args.run is not None:
+        return Recommender.load(args.run)
+    from resrec.data.synth import synthesize
+    from resrec.run import load_run, save_run
+    from resrec.workflow import fit
+
+    ratings = synthesize(args.users, args.movies, args.train_ratings, seed=0)
+    result = fit(ratings, preset("tutorial").replace(epochs=args.epochs, threads=1))
+    with tempfile.TemporaryDirectory() as tmp:
+        return Recommender.from_run(load_run(save_run(result, Path(tmp) / "run")))
+
+
+def bench_top_n(rec: Recommender, repeat: int) -> None:
+    torch.set_num_threads(1)
     rng = np.random.default_rng(1)
-    user_ids = [int(u) for u in rng.choice(rec.user_map.raw_ids, size=repeat)]
-    for threads in thread_counts:
-        torch.set_num_threads(threads)
-        time_calls(lambda u: rec.recommend(u, n=10), user_ids, 20)  # warm up
-        wall, cpu = time_calls(lambda u: rec.recommend(u, n=10), user_ids, repeat)
-        scores, _ = time_calls(rec.scores, user_ids, repeat)
-        print(
-            f"top-10 over {rec.n_movies:,} movies, {threads} thread(s): "
-            f"median {1e3 * statistics.median(wall):.2f} ms "
-            f"(min {1e3 * min(wall):.2f} ms, p90 {1e3 * np.percentile(wall, 90):.2f} ms; "
-            "all-movie scores alone "
-            f"{1e3 * statistics.median(scores):.2f} ms) over {repeat} users"
-            + (f"; CPU time median {1e3 * statistics.median(cpu):.2f} ms" if threads == 1 else "")
-        )
+    user_ids = [int(u) for u in rng.choice(rec.user_map.raw_ids[rec.trained_users], repeat)]
+    plain = rec.recommend
+    rec._use_bounds = False
+    time_calls(lambda u: plain(u, n=10), user_ids, 20)  # warm up
+    wall, cpu = time_calls(lambda u: plain(u, n=10), user_ids, repeat)
+    report("scoring every movie", rec, wall, cpu, repeat)
+    rec._use_bounds = True
+    started = time.perf_counter()
+    rec.prepare_top_n()
+    print(f"bounds built in {time.perf_counter() - started:.2f} s")
+    time_calls(lambda u: rec.recommend(u, n=10), user_ids, 20)
+    wall, cpu = time_calls(lambda u: rec.recommend(u, n=10), user_ids, repeat)
+    report("with bounds", rec, wall, cpu, repeat)
+
+
+def report(how: str, rec: Recommender, wall: list[float], cpu: list[float], repeat: int) -> None:
+    print(
+        f"top-10 over {rec.n_movies:,} movies, {how}: "
+        f"median {1e3 * statistics.median(wall):.2f} ms "
+        f"(min {1e3 * min(wall):.2f} ms, p90 {1e3 * np.percentile(wall, 90):.2f} ms) "
+        f"over {repeat} users; CPU time median {1e3 * statistics.median(cpu):.2f} ms"
+    )
 
 
 def bench_pairs(rec: Recommender, n_pairs: int, thread_counts: list[int]) -> None:
@@ -126,6 +154,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--users", type=int, default=138_493)
     parser.add_argument("--movies", type=int, default=26_744)
+    parser.add_argument("--run", type=Path, help="time top-N on this run instead")
+    parser.add_argument("--train-ratings", type=int, default=3_000_000)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of the top-N model")
     parser.add_argument("--rated", type=int, default=20, help="training ratings per user")
     parser.add_argument("--repeat", type=int, default=300, help="users timed for top-N")
     parser.add_argument("--pairs", type=int, default=2_000_000, help="pairs scored in memory")
@@ -137,27 +168,23 @@ def main() -> None:
         "--threads", type=int, nargs="+", default=[1], help="torch thread counts to try"
     )
     args = parser.parse_args()
+    print(f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}")
 
-    started = time.perf_counter()
-    rec = build(args.users, args.movies, args.rated)
-    print(
-        f"random tutorial-shaped model: {args.users:,} users, {args.movies:,} movies, "
-        f"K=10, 400 ELU units; built in {time.perf_counter() - started:.1f} s; "
-        f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}"
-    )
     if args.only in (None, "top-n"):
-        bench_top_n(rec, args.repeat, args.threads)
-        torch.set_num_threads(1)
-        split = build(args.users, args.movies, args.rated, threads=2)
-        wall, _ = time_calls(lambda u: split.recommend(u, n=10), [1, 2, 3], 20)
-        user_ids = [
-            int(u) for u in np.random.default_rng(1).choice(split.user_map.raw_ids, args.repeat)
-        ]
-        wall, _ = time_calls(lambda u: split.recommend(u, n=10), user_ids, args.repeat)
+        started = time.perf_counter()
+        rec = trained(args)
         print(
-            f"top-10, movies split between 2 Python threads (torch at 1 thread): "
-            f"median {1e3 * statistics.median(wall):.2f} ms "
-            f"(min {1e3 * min(wall):.2f} ms, p90 {1e3 * np.percentile(wall, 90):.2f} ms)"
+            f"top-N model: {rec.kind}, {rec.n_users:,} users, {rec.n_movies:,} movies "
+            f"({'--run ' + str(args.run) if args.run else 'tutorial preset, synthetic ratings'}"
+            f"); ready in {time.perf_counter() - started:.1f} s"
+        )
+        bench_top_n(rec, args.repeat)
+    if args.only in (None, "pairs", "file"):
+        started = time.perf_counter()
+        rec = build(args.users, args.movies, args.rated)
+        print(
+            f"random tutorial-shaped model: {args.users:,} users, {args.movies:,} movies, "
+            f"K=10, 400 ELU units; built in {time.perf_counter() - started:.1f} s"
         )
     if args.only in (None, "pairs"):
         bench_pairs(rec, args.pairs, args.threads)

@@ -57,3 +57,23 @@ def test_index_of_an_id_too_large_for_int64_is_unknown() -> None:
     ids = IdMap.from_ids(np.array([1, 5]), "user")
     with pytest.raises(UnknownIdError, match="too large"):
         ids.index_of([99999999999999999999])
+
+
+@pytest.mark.parametrize(
+    "raw_ids",
+    [
+        np.array([3, 4, 9, 200]),  # compact: looked up in a table
+        np.array([-(2**40), 0, 5, 2**40]),  # sparse: binary search
+        np.array([2**63 - 10, 2**63 - 3]),  # compact but near the int64 limit
+    ],
+)
+def test_index_of_agrees_with_a_dictionary(raw_ids: np.ndarray) -> None:
+    id_map = IdMap(raw_ids, "movie")
+    expected = {int(r): i for i, r in enumerate(raw_ids)}
+    probes = np.concatenate(
+        [raw_ids, raw_ids + 1, raw_ids - 1, [0, -1, 2**63 - 1, -(2**63), 2**62, -(2**62)]]
+    ).astype(np.int64)
+    got = id_map.index_of(probes, missing="negative")
+    assert got.tolist() == [expected.get(int(r), -1) for r in probes]
+    with pytest.raises(UnknownIdError, match="unknown movie_id"):
+        id_map.index_of(np.array([raw_ids[0], 12345678]))

@@ -15,7 +15,7 @@ from resrec.data import read_ratings
 from resrec.data.ratings import WHOLE_STARS
 from resrec.errors import ConfigError, DataError, UnknownIdError
 from resrec.ids import IdMap
-from resrec.inference import TERMS, Recommender, parse_rated, scoring
+from resrec.inference import TERMS, Recommendations, Recommender, parse_rated, scoring
 from resrec.models.residual import MFNet
 from resrec.run import load_run, save_run
 from resrec.split import Split
@@ -563,3 +563,85 @@ def test_fold_in_beats_the_bias_fallback_on_ml100k_users_held_out() -> None:
     fallback_rmse = np.sqrt(np.mean(np.concatenate(fallback_errors) ** 2))
     assert folded_rmse < fallback_rmse - 0.03
     assert 0.85 < folded_rmse < 1.1
+
+
+# --------------------------------------------------------------------------- bounds for top-N
+
+
+@pytest.fixture(scope="module")
+def synthetic_ratings() -> object:
+    from resrec.data.synth import synthesize
+
+    return synthesize(400, 3000, 40_000, seed=2)
+
+
+def _trained_recommender(ratings: object, activation: str) -> Recommender:
+    """A tutorial-shaped model trained for two epochs on synthetic ratings."""
+    config = preset("tutorial").replace(activation=activation, epochs=2, batch_size=512)
+    result = fit(ratings, config)  # type: ignore[arg-type]
+    return Recommender.from_run(load_run(save_run(result, _fresh_dir())))
+
+
+def _fresh_dir() -> Path:
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="resrec-bounds-")) / "run"
+
+
+@pytest.mark.parametrize("activation", ["elu", "relu"])
+def test_side_bounds_hold_for_every_movie(synthetic_ratings: object, activation: str) -> None:
+    rec = _trained_recommender(synthetic_ratings, activation)
+    rec.prepare_top_n()
+    bounds, side = rec._bounds, rec.side
+    assert bounds is not None and side is not None
+    generator = torch.Generator().manual_seed(1)
+    embeddings = [rec.P[i] for i in range(rec.n_users)]
+    embeddings += [torch.randn(rec.P.shape[1], generator=generator) * s for s in (0.1, 1, 30)]
+    deltas = []
+    for p in embeddings:
+        anchor, delta = bounds.nearest(p)
+        gap = (side.all_movies(p) - bounds.table[anchor]).abs().max()
+        assert float(gap) <= delta + 1e-4
+        deltas.append(delta)
+    assert min(deltas) < 0.05 * max(deltas)  # a bound that is not trivially loose
+
+
+@pytest.mark.parametrize("activation", ["elu", "relu"])
+def test_recommend_with_bounds_equals_scoring_every_movie(
+    synthetic_ratings: object, activation: str
+) -> None:
+    rec = _trained_recommender(synthetic_ratings, activation)
+    users = range(1, rec.n_users + 1, 7)
+    movie_ids = rec.movie_map.raw_ids[rec.trained_movies]
+    folded = {int(movie_ids[0]): 5.0, int(movie_ids[5]): 1.0, int(movie_ids[9]): 4.0}
+
+    def answers() -> list[Recommendations]:
+        out = [rec.recommend(u, n) for u in users for n in (1, 10, 200)]
+        out += [rec.recommend(u, 5, include_rated=True) for u in users]
+        return [*out, rec.recommend_for_ratings(folded, 10)]
+
+    plain = answers()
+    rec.prepare_top_n()
+    full_passes = 0
+    all_scores = rec._all_scores
+
+    def counting(p: torch.Tensor | None, bias: float) -> np.ndarray:
+        nonlocal full_passes
+        full_passes += 1
+        return all_scores(p, bias)
+
+    rec._all_scores = counting  # type: ignore[method-assign]
+    bounded = answers()
+    for one, other in zip(plain, bounded, strict=True):  # equal up to float32 rounding
+        assert [i.movie for i in one.items] == [i.movie for i in other.items]
+        assert [i.raw for i in one.items] == pytest.approx([i.raw for i in other.items], abs=1e-5)
+    assert full_passes < len(plain) / 3  # most queries never scored every movie
+
+
+def test_bounds_are_built_after_a_few_queries(rec: Recommender, run_dir: Path) -> None:
+    fresh = Recommender.load(run_dir)
+    assert fresh._bounds is None
+    answers = [fresh.recommend(1 + i % 40, 5) for i in range(20)]
+    assert fresh._bounds is not None
+    assert answers[-1] == rec.recommend(1 + 19 % 40, 5)
+    assert [i.movie.movie_id for i in answers[-1].items] == brute_force_top(fresh, 20, 5, False)

@@ -192,7 +192,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def create_app(recommender: Recommender) -> FastAPI:
-    """The FastAPI app serving ``recommender`` (loaded once, shared read-only)."""
+    """The FastAPI app serving ``recommender`` (loaded once, shared read-only).
+
+    Builds the recommender's top-N bounds first (:meth:`Recommender.prepare_top_n`),
+    so that the first requests are as fast as the later ones.
+    """
+    recommender.prepare_top_n()
     app = FastAPI(
         title="resrec",
         version=__version__,

@@ -16,6 +16,8 @@ from resrec.errors import UnknownIdError
 
 Missing = Literal["error", "negative"]
 
+_DENSE_MIN_SPAN = 1 << 20  # id spans up to this (or 8x the map's size) get a lookup table
+
 
 class IdMap:
     """A sorted array of raw ids; index ``i`` stands for ``raw_ids[i]``.
@@ -34,6 +36,23 @@ class IdMap:
             raise ValueError("IdMap needs distinct raw ids in ascending order")
         self.raw_ids = raw_ids
         self.kind = kind
+        self._table: np.ndarray | None = None  # see _lookup_table
+
+    def _lookup_table(self) -> np.ndarray | None:
+        """For compact ids, an int32 array holding the index of ``low + i`` (or -1) at ``i``.
+
+        Built on first use when the ids span at most ``max(8 n, 2**20)``
+        values (so at most 4 MiB beyond 32 bytes per id); a lookup is then
+        one subtraction and one gather instead of a binary search.
+        """
+        if self._table is None and self.raw_ids.size:
+            low, high = int(self.raw_ids[0]), int(self.raw_ids[-1])
+            small = low > -(2**62) and high < 2**62  # so that raw - low cannot wrap into range
+            if small and high - low < max(8 * self.raw_ids.size, _DENSE_MIN_SPAN):
+                table = np.full(high - low + 1, -1, dtype=np.int32)
+                table[self.raw_ids - low] = np.arange(self.raw_ids.size, dtype=np.int32)
+                self._table = table
+        return self._table
 
     @classmethod
     def from_ids(cls, ids: np.ndarray, kind: str) -> IdMap:
@@ -69,6 +88,15 @@ class IdMap:
             raise UnknownIdError(
                 f"unknown {self.kind}_id: {raw_ids!r} holds an id too large for a 64-bit integer"
             ) from None
+        table = self._lookup_table()
+        if table is not None:
+            offset = raw - self.raw_ids[0]
+            inside = (offset >= 0) & (offset < table.size)
+            pos = table[np.where(inside, offset, 0)].astype(np.int64)
+            found = inside & (pos >= 0)
+            if np.all(found):
+                return pos
+            return self._missing(raw, found, pos, missing)
         pos = np.searchsorted(self.raw_ids, raw)
         pos_clipped = np.minimum(pos, max(self.raw_ids.size - 1, 0))
         found = (pos < self.raw_ids.size) & (
@@ -76,6 +104,11 @@ class IdMap:
         )
         if np.all(found):
             return pos.astype(np.int64)
+        return self._missing(raw, found, pos, missing)
+
+    def _missing(
+        self, raw: np.ndarray, found: np.ndarray, pos: np.ndarray, missing: Missing
+    ) -> np.ndarray:
         if missing == "error":
             bad = int(raw[~found][0])
             raise UnknownIdError(

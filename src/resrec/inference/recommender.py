@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,7 @@ from torch import Tensor
 from resrec.data.ratings import RatingScale
 from resrec.errors import ConfigError, DataError, ModelFileError, UnknownIdError
 from resrec.ids import IdMap
+from resrec.inference.pairs import PairScorer
 from resrec.inference.results import (
     TERMS,
     Estimate,
@@ -31,7 +33,7 @@ from resrec.inference.results import (
     SimilarMovies,
 )
 from resrec.inference.scoring import _score_csv
-from resrec.inference.side import _PAIR_BLOCK, _SideBranch
+from resrec.inference.side import SideBounds, _SideBranch
 
 if TYPE_CHECKING:
     from resrec.data.movies import Movies
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
     from resrec.run import Run
 
 log = logging.getLogger(__name__)
+
+_PREPARE_AFTER = 16  # top-N queries answered by scoring every movie before bounds are built
 
 # --------------------------------------------------------------------------- recommender
 
@@ -72,6 +76,10 @@ class Recommender:
         Python threads that share one user's all-movie scores (large catalogs
         only). Useful for single-request latency with torch at one thread; a
         server gets its parallelism from concurrent requests instead.
+    bounds
+        Whether top-N may use :class:`SideBounds` (built by
+        :meth:`prepare_top_n`, or by itself after a few queries). False
+        scores every movie for every query; the answers are the same.
     """
 
     def __init__(
@@ -88,6 +96,7 @@ class Recommender:
         noise_variance: float | None = None,
         name: str = "<memory>",
         threads: int = 1,
+        bounds: bool = True,
     ) -> None:
         if not hasattr(model, "user_factors") or not hasattr(model, "movie_factors"):
             raise ModelFileError(
@@ -110,6 +119,10 @@ class Recommender:
         self._meta_row = _metadata_rows(movie_map, movies)
         self.threads = threads
         self._pool = ThreadPoolExecutor(threads, "resrec-score") if threads > 1 else None
+        self._bounds: SideBounds | None = None
+        self._bounds_lock = threading.Lock()
+        self._top_n_calls = 0
+        self._use_bounds = bounds
 
     # -- construction -----------------------------------------------------------
 
@@ -157,6 +170,7 @@ class Recommender:
                 self.BU = model.user_bias.weight.detach().float().reshape(-1).clone()  # type: ignore[union-attr,operator]
                 self.BM = model.movie_bias.weight.detach().float().reshape(-1).clone()  # type: ignore[union-attr,operator]
         self.side = _SideBranch(model.side, self.Q) if has_side else None  # type: ignore[arg-type]
+        self._pairs = PairScorer(self.P, self.BU, self.Q, self.BM, self.side, self.has_biases)
         if len(self.user_map) != self.P.shape[0] or len(self.movie_map) != self.Q.shape[0]:
             raise ModelFileError("the id maps and the model's tables have different sizes")
 
@@ -384,18 +398,8 @@ class Recommender:
         users_t = torch.from_numpy(np.ascontiguousarray(users, dtype=np.int64))
         movies_t = torch.from_numpy(np.ascontiguousarray(movies, dtype=np.int64))
         out = torch.empty(users_t.shape[0])
-        block = torch.empty(_PAIR_BLOCK, self.side.hidden) if self.side is not None else None
+        self._pairs(users_t, movies_t, out)
         with torch.inference_mode():
-            for lo in range(0, users_t.shape[0], _PAIR_BLOCK):
-                u = users_t[lo : lo + _PAIR_BLOCK]
-                m = movies_t[lo : lo + _PAIR_BLOCK]
-                p, q = self.P[u], self.Q[m]
-                raw = self.BU[u] + self.BM[m]
-                if self.has_biases:
-                    raw += (p * q).sum(1)
-                if self.side is not None:
-                    raw += self.side.pairs(p, q, block)
-                out[lo : lo + raw.shape[0]] = raw
             out += self.mu
             out.clamp_(self.scale.low, self.scale.high)
         return out.numpy()
@@ -525,7 +529,7 @@ class Recommender:
         estimate: Estimate,
         note: str | None,
     ) -> Recommendations:
-        scores = self._all_scores(p, bias)
+        scores, slack = self._rough_scores(p, bias)
         allowed = self.trained_movies.copy()
         excluded = 0
         if not include_rated and rated.size:
@@ -541,7 +545,7 @@ class Recommender:
             )
             return Recommendations(user_id, [], estimate, excluded, 0, note, empty_reason)
 
-        chosen, terms = self._select(scores, allowed, n, p, bias)
+        chosen, terms = self._select(scores, allowed, n, p, bias, slack)
         items = []
         for rank, (movie, values) in enumerate(zip(chosen, terms, strict=True), start=1):
             explanation = self._explanation(values)
@@ -559,38 +563,86 @@ class Recommender:
             reason = f"only {candidates} movies could be recommended"
         return Recommendations(user_id, items, estimate, excluded, candidates, note, reason)
 
+    def prepare_top_n(self) -> None:
+        """Build what makes repeated top-N queries fast (:class:`SideBounds`).
+
+        Happens by itself once a few top-N queries have been answered; the
+        server calls it at start. Does nothing for models whose side branch
+        has no usable bound (none, linear, or not one activation and one
+        output layer).
+        """
+        if not self._use_bounds or self.side is None or self.side.lipschitz() is None:
+            return
+        with self._bounds_lock:
+            if self._bounds is None:
+                rows = torch.from_numpy(np.flatnonzero(self.trained_users))
+                self._bounds = SideBounds(self.side, self.P[rows])
+
+    def _rough_scores(self, p: Tensor | None, bias: float) -> tuple[np.ndarray, float]:
+        """Scores for every movie, and how far (at most) each may be from the exact score.
+
+        Exact up to float rounding (slack 0) until :meth:`prepare_top_n` has
+        run; then the side branch comes from the nearest anchor user and the
+        slack is twice that anchor's bound.
+        """
+        if p is not None and self._bounds is None and self.side is not None:
+            self._top_n_calls += 1  # a lost update under threads only delays the build
+            if self._top_n_calls > _PREPARE_AFTER:
+                self.prepare_top_n()
+        bounds = self._bounds
+        if p is None or bounds is None:
+            return self._all_scores(p, bias), 0.0
+        anchor, delta = bounds.nearest(p)
+        with torch.inference_mode():
+            out = self.BM + (self.mu + bias)
+            if self.has_biases:
+                out += self.Q @ p
+            out += bounds.table[anchor]
+        return out.numpy(), 2.0 * delta
+
     def _select(
-        self, scores: np.ndarray, allowed: np.ndarray, n: int, p: Tensor | None, bias: float
+        self,
+        scores: np.ndarray,
+        allowed: np.ndarray,
+        n: int,
+        p: Tensor | None,
+        bias: float,
+        slack: float = 0.0,
     ) -> tuple[np.ndarray, list[dict[str, float]]]:
         """The top ``n`` allowed movie indices by exact score (ties by movie_id), and their terms.
 
-        The fast all-movies scores may differ from the exact pair scores in the
-        last float32 digits, so every movie within a small margin of the n-th
-        best fast score is rescored exactly before the final order is taken.
+        ``scores`` are within ``slack`` of the exact scores (and the fast
+        all-movies scores may differ from the exact pair scores in the last
+        float32 digits), so every movie within that margin of the n-th best is
+        rescored exactly before the final order is taken. When the margin lets
+        in too many movies, every movie is scored instead.
         """
         masked = np.where(allowed, scores, -np.inf)
         k = min(n, int(allowed.sum()))
         kth = float(np.partition(masked, masked.size - k)[masked.size - k])
-        margin = 1e-3 + 1e-5 * abs(kth)
+        margin = 1e-3 + 1e-5 * abs(kth) + slack
         pool = np.flatnonzero(masked >= kth - margin)
-        terms = self._terms_for(p, bias, pool)
-        exact = np.asarray([self._explanation(t).raw for t in terms])
+        if slack > 0 and pool.size > max(4 * k, masked.size // 8):
+            return self._select(self._all_scores(p, bias), allowed, n, p, bias)
+        arrays = self._terms_arrays(p, bias, pool)
+        exact = np.full(pool.size, self.mu)
+        for name in TERMS[1:]:  # the order and precision of Explanation.raw
+            exact = exact + arrays[name].astype(np.float64)
         order = np.lexsort((pool, -exact))[:k]  # score descending, then movie_id ascending
-        return pool[order], [terms[i] for i in order]
+        terms = [{name: float(values[i]) for name, values in arrays.items()} for i in order]
+        return pool[order], terms
 
-    def _terms_for(
+    def _terms_arrays(
         self, p: Tensor | None, bias: float, movies: np.ndarray
-    ) -> list[dict[str, float]]:
-        """Per-movie terms for one user embedding (``None``: bias-only fallback)."""
+    ) -> dict[str, np.ndarray]:
+        """float32 terms (minus mu) of one user embedding (``None``: bias-only fallback)."""
         index = torch.from_numpy(np.asarray(movies, dtype=np.int64))
         n = index.shape[0]
         if p is None:
             zero = np.zeros(n, dtype=np.float32)
             bm = self.BM[index].numpy()
-            arrays = {"user_bias": zero, "movie_bias": bm, "dot": zero, "side": zero}
-        else:
-            arrays = self._pair_terms(p.expand(n, -1), torch.full((n,), bias), index)
-        return [{k: float(v[i]) for k, v in arrays.items()} for i in range(n)]
+            return {"user_bias": zero, "movie_bias": bm, "dot": zero, "side": zero}
+        return self._pair_terms(p.expand(n, -1), torch.full((n,), bias), index)
 
     # -- similar movies -----------------------------------------------------------------
 

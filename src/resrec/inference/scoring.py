@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 _USER_COLUMNS = ("user_id", "userId", "userid", "user")
 _MOVIE_COLUMNS = ("movie_id", "movieId", "movieid", "item_id", "itemId", "movie", "item")
-_CSV_BLOCK = 1 << 22  # bytes parsed at a time
+_CSV_BLOCK = 1 << 20  # bytes parsed at a time (small: reading, scoring, writing overlap)
 
 
 def _score_csv(

@@ -11,7 +11,6 @@ from torch import Tensor, nn
 from resrec.errors import ModelFileError
 
 _CHUNK_ROWS = 512  # movies per block in the all-movies pass: 512 x 400 floats fit in L2
-_PAIR_BLOCK = 512  # (user, movie) pairs per block when scoring pairs
 
 
 # --------------------------------------------------------------------------- side branch
@@ -76,6 +75,18 @@ class _SideBranch:
         self.sum_w2 = float(self.w2.sum())
         with torch.no_grad():
             self.movie_linear = movie_factors @ (self.w1m_t @ self.w2)  # (n_movies,)
+
+    def lipschitz(self) -> float | None:
+        """A Lipschitz constant of the activation, where one is known and worth using.
+
+        None for the identity (the branch is then linear and already cheap)
+        and for layers other than one activation and one output Linear.
+        """
+        if self.kind == "elu":
+            return max(1.0, abs(self.alpha))
+        if self.kind == "relu":
+            return 1.0
+        return None
 
     # -- all movies for one user -------------------------------------------
 
@@ -185,3 +196,68 @@ def _fast_kind(activation: nn.Module, rest: list[nn.Module]) -> tuple[str | None
     if isinstance(activation, nn.Identity):
         return "identity", 0.0
     return None, 0.0
+
+
+# --------------------------------------------------------------------------- bounds for top-N
+
+
+class SideBounds:
+    """Side-branch values of every movie at a few anchor users, and how far a user may be off.
+
+    For a user embedding ``p`` and an anchor ``a``, the pre-activations differ
+    by ``W1u . (p - a)`` for every movie alike. The activation is
+    ``L``-Lipschitz (ELU with ``alpha``: ``max(1, alpha)``; ReLU: 1), so for
+    every movie ``m``::
+
+        |side(p, m) - side(a, m)| <= L * sum_j |w2_j| |(W1u . (p - a))_j| = delta(p, a)
+
+    Top-N uses ``side(a, m)`` of the nearest anchor plus the exact main branch
+    as a rough score known to within ``delta``; only movies whose rough score
+    is within ``2 delta`` of the n-th best can be in the top N, and only those
+    are scored exactly. The result is the same as scoring every movie; the
+    saving depends on how close users sit to an anchor, so it is measured in
+    ``benchmarks/bench_inference.py`` rather than promised.
+
+    Anchors are the centres of a seeded k-means of the users' embeddings in
+    the bound's own coordinates ``|w2| * (W1u . p)``, run on at most
+    ``sample`` users. Building costs one all-movies pass per anchor.
+    """
+
+    def __init__(
+        self, side: _SideBranch, users: Tensor, count: int = 64, sample: int = 20_000
+    ) -> None:
+        lipschitz = side.lipschitz()
+        if lipschitz is None:
+            raise ValueError("side branch has no Lipschitz bound")
+        with torch.inference_mode():
+            # (K, H): maps an embedding difference to the weighted pre-activation change
+            self.metric = side.w1u_t * side.w2.abs() * lipschitz
+            generator = torch.Generator().manual_seed(0)
+            if users.shape[0] > sample:
+                users = users[torch.randperm(users.shape[0], generator=generator)[:sample]]
+            self.anchors = _kmeans(users, users @ self.metric, min(count, users.shape[0]))
+            self.mapped = self.anchors @ self.metric  # (A, H)
+            self.table = torch.stack([side.all_movies(a) for a in self.anchors])  # (A, movies)
+
+    def nearest(self, p: Tensor) -> tuple[int, float]:
+        """The anchor closest to ``p`` in the bound's metric, and the bound ``delta``."""
+        with torch.inference_mode():
+            distance = (self.mapped - p @ self.metric).abs().sum(1)
+            best = int(distance.argmin())
+            return best, float(distance[best])
+
+
+def _kmeans(points: Tensor, mapped: Tensor, count: int, rounds: int = 15) -> Tensor:
+    """Centres (in ``points``' space) of a seeded Lloyd k-means run on ``mapped``."""
+    generator = torch.Generator().manual_seed(0)
+    start = torch.randperm(points.shape[0], generator=generator)[:count]
+    centres, centres_mapped = points[start].clone(), mapped[start].clone()
+    for _ in range(rounds):
+        label = torch.cdist(mapped, centres_mapped).argmin(1)
+        sizes = torch.bincount(label, minlength=count).clamp_min(1).unsqueeze(1)
+        used = torch.bincount(label, minlength=count) > 0
+        sums = torch.zeros_like(centres).index_add_(0, label, points)
+        sums_mapped = torch.zeros_like(centres_mapped).index_add_(0, label, mapped)
+        centres[used] = (sums / sizes)[used]
+        centres_mapped[used] = (sums_mapped / sizes)[used]
+    return centres
