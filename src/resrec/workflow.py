@@ -31,6 +31,7 @@ from resrec.models.baselines import DirectFitModel
 from resrec.split import Split, cold_counts, split_ratings
 from resrec.train.checkpoint import Checkpointer, restore
 from resrec.train.distributed import GradientSync, Process, check_replicas
+from resrec.train.fused import predict_offsets
 from resrec.train.trainer import EpochCallback, Examples, ProgressCallback, Trainer, set_threads
 
 log = logging.getLogger(__name__)
@@ -90,18 +91,20 @@ def predict_indices(
     scale: RatingScale,
     users: np.ndarray,
     movies: np.ndarray,
-    *,
-    batch_size: int = 1 << 16,
 ) -> np.ndarray:
-    """Predictions for user and movie indices, clipped to ``scale``, as float32."""
-    out = np.empty(len(users), dtype=np.float32)
+    """Predictions for user and movie indices, clipped to ``scale``, as float32.
+
+    Models the fused step supports are evaluated by its fused forward pass
+    (:func:`resrec.train.fused.predict_offsets`), others by their ``forward``
+    in blocks.
+    """
     device = next(iter(model.parameters()), torch.empty(0)).device
     model.eval()
+    u = torch.from_numpy(np.ascontiguousarray(users, dtype=np.int64)).to(device)
+    m = torch.from_numpy(np.ascontiguousarray(movies, dtype=np.int64)).to(device)
     with torch.no_grad():
-        for lo in range(0, len(users), batch_size):
-            u = torch.from_numpy(np.asarray(users[lo : lo + batch_size], dtype=np.int64))
-            m = torch.from_numpy(np.asarray(movies[lo : lo + batch_size], dtype=np.int64))
-            out[lo : lo + batch_size] = model(u.to(device), m.to(device)).cpu().numpy()
+        offsets = predict_offsets(model, u, m)
+    out = offsets.cpu().numpy().astype(np.float32, copy=False)
     out += np.float32(mu)
     if not np.all(np.isfinite(out)):
         raise FloatingPointError("the model produced a non-finite prediction")

@@ -81,6 +81,7 @@ BLOCK_FLOATS = 1 << 17  # hidden activations computed together (rows x hidden wi
 CHUNK_RATINGS = 1 << 20  # ratings whose batch indices are prepared at once
 CHECK_EVERY = 256  # batches between checks for a non-finite loss
 FALLBACK_ROWS = 65536  # rows per call of an unsupported model's forward
+EVAL_ROWS = 1024  # at most this many rows per block when evaluating (measured best)
 
 _ACTIVATIONS: dict[type[nn.Module], str] = {
     nn.ELU: "elu",
@@ -873,7 +874,7 @@ def predict_offsets(
             hi = lo + rows
             out[lo:hi] = model(users[lo:hi], movies[lo:hi])
         return out
-    rows = block_rows or max(64, BLOCK_FLOATS // max(1, shape.hidden))
+    rows = block_rows or min(EVAL_ROWS, max(64, BLOCK_FLOATS // max(1, shape.hidden)))
     forward = _EvalForward(model, shape, rows)
     for lo in range(0, users.shape[0], rows):
         hi = lo + rows
@@ -882,49 +883,69 @@ def predict_offsets(
 
 
 class _EvalForward:
-    """The fused forward pass of a supported model, reading the model's own tensors."""
+    """The fused forward pass of a supported model, reading the model's own tensors.
+
+    The tables are widened so that one gather per side brings all a rating
+    needs: user rows ``[p, b_u, 1]`` and movie rows ``[q, 1, b_m]`` (biases 0
+    for models without them), whose dot product is the main branch. The side
+    branch's first layer reads the same rows, ``[p, b_u, 1] . [W1u^T; 0; c1] +
+    [q, 1, b_m] . [W1m^T; 0; 0]``, so no ``[p; q]`` block is assembled.
+    """
 
     def __init__(self, model: RatingModel, shape: _Shape, block_rows: int) -> None:
         k, h = shape.k, shape.hidden
         self.shape = shape
         tables = {name: table.weight.detach() for name, (table, _) in model.row_tables().items()}
-        self.users = _side_table(tables, "user", shape.main)
-        self.movies = _side_table(tables, "movie", shape.main)
-        self.x = torch.ones(block_rows, 2 * k + 1)
-        self.hidden = torch.ones(block_rows, h + 1)
+        self.users = _wide_table(tables, "user", shape.main, user=True)
+        self.movies = _wide_table(tables, "movie", shape.main, user=False)
+        self.hidden = torch.empty(block_rows, max(h, 1))
         self.tmp = torch.empty(block_rows, h)
-        if shape.side:
-            params = [p.detach() for p in model.dense_parameters()]
-            if h:
-                self.w1t = torch.cat([params[0].t(), params[1].unsqueeze(0)]).contiguous()
-                self.w2 = torch.cat([params[2].view(-1), params[3]])
-            else:
-                self.w2 = torch.cat([params[0].view(-1), params[1]])
+        self.constant = 0.0
+        if not shape.side:
+            return
+        params = [p.detach() for p in model.dense_parameters()]
+        first, bias = params[0], params[1]  # (h or 1, 2k), (h or 1,)
+        zero = torch.zeros(1, first.shape[0])
+        self.w_user = torch.cat([first[:, :k].t(), zero, bias.unsqueeze(0)]).contiguous()
+        self.w_movie = torch.cat([first[:, k:].t(), zero, zero]).contiguous()
+        if h:
+            self.w2 = params[2].reshape(-1).contiguous()
+            self.constant = float(params[3])
+            if shape.activation == "elu":
+                self.constant -= float(self.w2.sum())
 
     def __call__(self, users: Tensor, movies: Tensor, out: Tensor) -> None:
-        k, h, n = self.shape.k, self.shape.hidden, users.shape[0]
+        h, n = self.shape.hidden, users.shape[0]
         u = self.users.index_select(0, users)
         m = self.movies.index_select(0, movies)
         if self.shape.main:
-            torch.add(u[:, k], m[:, k], out=out)
-            out.add_(torch.linalg.vecdot(u[:, :k], m[:, :k]))
+            torch.sum(u * m, 1, out=out)
         else:
             out.zero_()
         if not self.shape.side:
             return
-        x = self.x[:n]
-        x[:, :k].copy_(u[:, :k])
-        x[:, k : 2 * k].copy_(m[:, :k])
-        if not h:
-            out.addmv_(x, self.w2)
-            return
         hidden = self.hidden[:n]
-        torch.mm(x, self.w1t, out=hidden[:, :h])
-        _activate(self.shape.activation, hidden[:, :h], self.tmp[:n])
-        out.addmv_(hidden, self.w2)
+        torch.mm(u, self.w_user, out=hidden)
+        hidden.addmm_(m, self.w_movie)
+        if not h:
+            out.add_(hidden[:, 0])
+            return
+        if self.shape.activation == "elu":
+            # w2 . elu(a) = w2 . a - w2 . min(a, 0) + w2 . exp(min(a, 0)) - sum(w2):
+            # three passes over the block instead of forming elu(a).
+            out.addmv_(hidden, self.w2)
+            hidden.clamp_(max=0)
+            out.addmv_(hidden, self.w2, alpha=-1)
+            out.addmv_(hidden.exp_(), self.w2)
+        else:
+            _activate(self.shape.activation, hidden, self.tmp[:n])
+            out.addmv_(hidden, self.w2)
+        out.add_(self.constant)
 
 
-def _side_table(tables: dict[str, Tensor], side: str, bias: bool) -> Tensor:
-    """The factors of one side, with the bias as an extra last column if ``bias``."""
+def _wide_table(tables: dict[str, Tensor], side: str, bias: bool, *, user: bool) -> Tensor:
+    """``[factors, bias, 1]`` for users, ``[factors, 1, bias]`` for movies (bias 0 if none)."""
     factors = tables[f"{side}_factors"]
-    return torch.cat([factors, tables[f"{side}_bias"]], 1) if bias else factors
+    column = tables[f"{side}_bias"] if bias else torch.zeros(factors.shape[0], 1)
+    ones = torch.ones(factors.shape[0], 1)
+    return torch.cat([factors, column, ones] if user else [factors, ones, column], 1)
