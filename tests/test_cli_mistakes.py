@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import bz2
 import json
+import lzma
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from resrec.cli import app
+from tests.test_inference import build_run
 
 runner = CliRunner()
 
@@ -118,3 +121,147 @@ def test_hexadecimal_numbers_are_refused(tmp_path: Path, line: str) -> None:
     path = tmp_path / "ratings.csv"
     path.write_text(f"userId,movieId,rating,timestamp\n1,10,4.0,1\n{line}\n")
     _clean_error(_train(path, "--out", str(tmp_path / "run")), "ratings.csv:3:")
+
+
+# ------------------------------------------------------------------ files that are not text
+
+
+def _ratings_text() -> bytes:
+    return b"userId,movieId,rating,timestamp\n1,10,4.0,1\n2,10,3.0,1\n"
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (
+            bz2.compress(_ratings_text()),
+            "looks like a bz2-compressed file; resrec reads plain text",
+        ),
+        (lzma.compress(_ratings_text()), "looks like an xz-compressed file"),
+        (b"\x28\xb5\x2f\xfd" + _ratings_text(), "looks like a zstd-compressed file"),
+        (b"PK\x03\x04" + _ratings_text(), "looks like a zip archive"),
+        (_ratings_text() + b"3,\x00\x00,4,1\n", "not a text file (byte 0x00 at line 4, column 3)"),
+    ],
+    ids=["bz2", "xz", "zstd", "zip", "nul"],
+)
+def test_compressed_or_binary_ratings_are_named_as_such(
+    tmp_path: Path, data: bytes, message: str
+) -> None:
+    path = tmp_path / "ratings.csv"
+    path.write_bytes(data)
+    out = tmp_path / "run"
+
+    result = _train(path, "--out", str(out))
+
+    _clean_error(result, f"{path}: {message}")
+    assert not out.exists() and not (tmp_path / "run.partial").exists()
+
+
+def test_long_bad_field_is_cut_short_in_the_message(tmp_path: Path) -> None:
+    path = tmp_path / "ratings.csv"
+    path.write_text("userId,movieId,rating,timestamp\n1,10,4.0,1\n2," + "x" * 100_000 + ",3,1\n")
+
+    result = _train(path, "--out", str(tmp_path / "run"))
+
+    _clean_error(result, "found 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'… (100,000 characters)")
+    assert len(result.output) < 500
+
+
+@pytest.mark.parametrize("column", [0, 1, 3])
+def test_id_of_5000_digits_is_out_of_range_not_a_python_error(tmp_path: Path, column: int) -> None:
+    fields = ["2", "10", "3.0", "1"]
+    fields[column] = "9" * 5000
+    path = tmp_path / "ratings.csv"
+    path.write_text("userId,movieId,rating,timestamp\n1,10,4.0,1\n" + ",".join(fields) + "\n")
+
+    result = _train(path, "--out", str(tmp_path / "run"))
+
+    _clean_error(result, f"ratings.csv:3:{column + 1} (")
+    assert "is out of range: too large for a 64-bit integer" in result.output
+    assert "4300" not in result.output and "int_max_str_digits" not in result.output
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"epochs": ' + "9" * 5000 + "}", "a number is out of range"),
+        ('{"hidden": [' + "1," * 5000 + "1.5]}", "hidden must be a list of ints; got (1, 1, 1"),
+        ('{"activation": "' + "x" * 5000 + '"}', "… (5,000 characters)"),
+    ],
+    ids=["huge-number", "long-list", "long-string"],
+)
+def test_config_file_values_are_checked_and_cut_short(
+    udata_file: Path, tmp_path: Path, text: str, message: str
+) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(text)
+
+    result = _train(udata_file, "--config", str(config), "--out", str(tmp_path / "run"))
+
+    _clean_error(result, message)
+    assert len(result.output) < 400
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [(bz2.compress(b'{"epochs": 2}'), "looks like a bz2-compressed file"), (b"{\x00}", "0x00")],
+)
+def test_binary_config_file_is_a_clean_error(
+    udata_file: Path, tmp_path: Path, data: bytes, message: str
+) -> None:
+    config = tmp_path / "config.json"
+    config.write_bytes(data)
+
+    _clean_error(_train(udata_file, "--config", str(config)), message)
+
+
+@pytest.fixture(scope="module")
+def served_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_run(tmp_path_factory.mktemp("mistakes"))
+
+
+def test_binary_pairs_file_is_a_clean_error(served_run: Path, tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_bytes(lzma.compress(b"user_id,movie_id\n1,2\n"))
+    out = tmp_path / "out.csv"
+
+    result = runner.invoke(
+        app, ["score", str(served_run), "--pairs", str(pairs), "--out", str(out)]
+    )
+
+    _clean_error(result, "looks like an xz-compressed file; resrec reads plain text CSV")
+    assert not out.exists()
+
+
+def test_pairs_with_an_id_of_5000_digits_are_reported_as_out_of_range(
+    served_run: Path, tmp_path: Path
+) -> None:
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("user_id,movie_id\n1,2\n1," + "9" * 5000 + "\n")
+
+    result = runner.invoke(
+        app, ["score", str(served_run), "--pairs", str(pairs), "--out", str(tmp_path / "o.csv")]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert f"{pairs}:3: movie_id '9999" in result.output and "is out of range" in result.output
+    assert len(result.output) < 600
+
+
+@pytest.mark.parametrize("item", ["9" * 5000 + ":4", "x" * 5000])
+def test_rated_items_are_cut_short_and_range_checked(served_run: Path, item: str) -> None:
+    result = runner.invoke(app, ["recommend", str(served_run), "--rated", f"2:5,{item}"])
+
+    _clean_error(result, "--rated item 2")
+    assert len(result.output) < 300
+
+
+# --------------------------------------------------------------------------- --duplicates mean
+
+
+def test_duplicates_help_says_how_the_mean_is_rounded() -> None:
+    for command in ("train", "compare"):
+        result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+        text = " ".join(result.output.replace("│", " ").split())
+        assert "mean rounded to the nearest step of the rating scale" in text, text
+        assert "(halfway: the higher step" in text

@@ -55,7 +55,9 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import mmap
 import queue
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -69,7 +71,15 @@ import torch
 from torch import Tensor, nn
 
 from resrec.data.ratings import RatingScale
-from resrec.errors import ConfigError, DataError, ModelFileError, UnknownIdError
+from resrec.errors import (
+    ECHO_LIMIT,
+    ConfigError,
+    DataError,
+    ModelFileError,
+    UnknownIdError,
+    quoted,
+    shorten,
+)
 from resrec.ids import IdMap
 
 if TYPE_CHECKING:
@@ -1173,7 +1183,8 @@ def _rating_arrays(
         raise ConfigError("no ratings given; a new user needs at least one rating")
     too_big = [m for m, _ in pairs if not -(2**63) <= int(m) < 2**63]
     if too_big:
-        raise UnknownIdError(f"unknown movie_id {too_big[0]}: it does not occur in the model")
+        shown = shorten(str(too_big[0]))
+        raise UnknownIdError(f"unknown movie_id {shown}: it does not occur in the model")
     movie_ids = np.asarray([int(m) for m, _ in pairs], dtype=np.int64)
     values = np.asarray([float(r) for _, r in pairs], dtype=np.float64)
     unique, counts = np.unique(movie_ids, return_counts=True)
@@ -1186,17 +1197,27 @@ def parse_rated(text: str) -> list[tuple[int, float]]:
     """Parse ``"movie:rating,movie:rating,..."`` (the CLI's ``--rated``)."""
     pairs = []
     for number, item in enumerate(text.split(","), start=1):
-        movie, sep, rating = item.strip().partition(":")
-        try:
-            if not sep:
-                raise ValueError
-            pairs.append((int(movie), float(rating)))
-        except ValueError:
+        movie, sep, rating = (part.strip() for part in item.strip().partition(":"))
+        if not (sep and re.fullmatch(r"[+-]?[0-9]+", movie) and _is_number(rating)):
             raise ConfigError(
-                f"--rated item {number} is {item.strip()!r}; expected MOVIE_ID:RATING, "
+                f"--rated item {number} is {quoted(item.strip())}; expected MOVIE_ID:RATING, "
                 "e.g. '50:5,172:4.5'"
-            ) from None
+            )
+        if _bounded_int(movie) >= 2**63 or _bounded_int(movie) < -(2**63):
+            raise ConfigError(
+                f"--rated item {number}: movie_id {quoted(movie)} is out of range: "
+                "ids are 64-bit integers"
+            )
+        pairs.append((int(movie), float(rating)))
     return pairs
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _metadata_rows(movie_map: IdMap, movies: Movies | None) -> np.ndarray:
@@ -1406,6 +1427,7 @@ def _read_ahead(reader: Iterable[Any], depth: int = 2) -> Iterator[Any]:
 def _csv_header(src: Path) -> list[str]:
     if not src.is_file():
         raise DataError("no such file", path=src)
+    _check_pairs_text(src)
     with open(src, encoding="utf-8-sig", errors="replace") as f:
         first = f.readline().rstrip("\r\n")
     if not first:
@@ -1415,13 +1437,25 @@ def _csv_header(src: Path) -> list[str]:
     return [name.strip().strip('"') for name in first.split(",")]
 
 
+def _check_pairs_text(src: Path) -> None:
+    """Refuse a compressed or binary pairs file before the CSV parser sees it."""
+    from resrec.data.sniff import check_text
+
+    with open(src, "rb") as file:
+        if file.seek(0, 2) == 0:
+            return  # empty: the header check says so
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            bom = 3 if data[:3] == b"\xef\xbb\xbf" else 0
+            check_text(data, src, accepted="plain text CSV", start=bom)
+
+
 def _pick_column(header: list[str], names: Sequence[str], role: str, src: Path) -> str:
     for name in names:
         if name in header:
             return name
     raise DataError(
         f"the header names no {role} column; expected one of {', '.join(names)}, "
-        f"found {', '.join(header)}",
+        f"found {shorten(', '.join(header), 2 * ECHO_LIMIT)}",
         path=src,
         line=1,
     )
@@ -1459,9 +1493,18 @@ def _id_problem(batch: Any, row: int) -> str:
         return "empty line"
     for name, value in zip(batch.schema.names, values, strict=True):
         text = value.strip()
-        if not (text.lstrip("+-").isdigit() and len(text) <= 19):
-            return f"{name} {value!r} is not a whole number"
+        if not re.fullmatch(r"[+-]?[0-9]+", text):
+            return f"{name} {quoted(value)} is not a whole number"
+        if not -(2**63) <= _bounded_int(text) < 2**63:
+            return f"{name} {quoted(text)} is out of range: ids are 64-bit integers"
     return "ids out of range"
+
+
+def _bounded_int(text: str) -> int:
+    """The value of a signed digit string, or 2**63 for one too long to be an id."""
+    if len(text.lstrip("+-").lstrip("0")) > 19:
+        return 2**63
+    return int(text)
 
 
 def _score_batch(

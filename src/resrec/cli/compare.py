@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from resrec.cli.app import app
-from resrec.cli.common import RatingsOptions, load_ratings_from_options
+from resrec.cli.common import DUPLICATES_HELP, RatingsOptions, load_ratings_from_options
 from resrec.cli.train import resolve_config
 from resrec.compare import MODEL_KINDS, compare
 from resrec.config import PRESETS, load_config_file
@@ -32,7 +32,7 @@ Header = Annotated[
 ]
 Columns = Annotated[str | None, Opt(help="Roles of a delimited file's fields.")]
 Scale = Annotated[str | None, Opt(help="Rating scale LOW:HIGH:STEP (default: detected).")]
-Duplicates = Annotated[str, Opt(help="A pair rated twice: 'error', 'last' or 'mean'.")]
+Duplicates = Annotated[str, Opt(help=DUPLICATES_HELP)]
 PresetName = Annotated[str, Opt("--preset", help=f"Named hyperparameters: {', '.join(PRESETS)}.")]
 ConfigFile = Annotated[
     Path | None, Opt("--config", help="JSON file of config fields (e.g. from 'resrec tune').")

@@ -22,7 +22,7 @@ import typer
 from tqdm import tqdm
 
 from resrec.cli.app import app
-from resrec.cli.common import RatingsOptions, load_ratings_from_options
+from resrec.cli.common import DUPLICATES_HELP, RatingsOptions, load_ratings_from_options
 from resrec.config import PRESETS, TrainConfig, load_config_file, preset
 from resrec.data.ratings import Ratings
 from resrec.errors import ConfigError, DivergenceError, ResrecError
@@ -57,9 +57,7 @@ def train(
     scale: Annotated[
         str | None, Opt(help="Rating scale LOW:HIGH:STEP, e.g. 0.5:5:0.5 (default: detected).")
     ] = None,
-    duplicates: Annotated[
-        str, Opt(help="A (user, movie) pair rated twice: 'error', 'last' or 'mean'.")
-    ] = "error",
+    duplicates: Annotated[str, Opt(help=DUPLICATES_HELP)] = "error",
     preset_name: Annotated[
         str, Opt("--preset", help=f"Named hyperparameters: {', '.join(PRESETS)}.")
     ] = "tutorial",
