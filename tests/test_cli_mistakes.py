@@ -11,6 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from resrec.cli import app
+from resrec.compare import compare
+from resrec.data.ratings import Ratings
 from tests.test_inference import build_run
 
 runner = CliRunner()
@@ -254,6 +256,114 @@ def test_rated_items_are_cut_short_and_range_checked(served_run: Path, item: str
 
     _clean_error(result, "--rated item 2")
     assert len(result.output) < 300
+
+
+# --------------------------------------------------------------------------- synth
+
+
+SYNTH_SIZE = ["--users", "50", "--movies", "300", "--ratings", "2000"]
+
+
+def _synth(out: Path, *extra: str) -> object:
+    return runner.invoke(app, ["synth", "--out", str(out), *SYNTH_SIZE, *extra])
+
+
+def test_synth_checks_its_sizes_before_creating_anything(tmp_path: Path) -> None:
+    out = tmp_path / "new" / "data"
+
+    result = runner.invoke(app, ["synth", "--out", str(out), "--users", "50", "--ratings", "10"])
+
+    _clean_error(result, "n_ratings must lie between")
+    assert not (tmp_path / "new").exists()
+
+
+def test_synth_refuses_to_replace_ratings_without_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "ratings.csv").write_text("mine")
+
+    _clean_error(_synth(out), "ratings.csv already exists")
+    assert (out / "ratings.csv").read_text() == "mine"
+    assert sorted(p.name for p in out.iterdir()) == ["ratings.csv"]
+
+    assert _synth(out, "--overwrite").exit_code == 0
+    assert (out / "ratings.csv").read_text().startswith("userId,movieId,rating,timestamp\n")
+    assert sorted(p.name for p in out.iterdir()) == ["movies.csv", "ratings.csv"]
+
+
+def test_synth_refuses_to_replace_movies_without_overwrite(tmp_path: Path) -> None:
+    assert _synth(tmp_path / "data").exit_code == 0
+    (tmp_path / "data" / "ratings.csv").unlink()
+
+    _clean_error(_synth(tmp_path / "data"), "movies.csv already exists")
+    assert not (tmp_path / "data" / "ratings.csv").exists()
+
+
+def test_synth_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+
+    _clean_error(_synth(afile, "--overwrite"), "exists and is not a folder")
+    assert afile.read_text() == "x"
+
+
+def test_synth_leaves_nothing_behind_when_interrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from resrec.data import synth
+
+    def fail(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synth, "_write_movies_csv", fail)
+    out = tmp_path / "new" / "data"
+
+    with pytest.raises(KeyboardInterrupt):
+        synth.write_synthetic_csv(out / "ratings.csv", 50, 300, 2000)
+    assert not (tmp_path / "new").exists()
+
+
+# --------------------------------------------------------------------------- compare --out
+
+
+def _compare(udata: Path, out: Path, *extra: str) -> object:
+    args = ["compare", "--ratings", str(udata), "--models", "global-mean", "--out", str(out)]
+    return runner.invoke(app, [*args, *extra])
+
+
+def test_compare_refuses_an_earlier_comparison_without_overwrite(
+    udata_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "cmp"
+    assert _compare(udata_file, out).exit_code == 0
+    (out / "compare.md").write_text("earlier")
+
+    _clean_error(_compare(udata_file, out), f"comparison folder {out} already exists")
+    assert (out / "compare.md").read_text() == "earlier"
+
+    assert _compare(udata_file, out, "--overwrite").exit_code == 0
+    assert (out / "compare.md").read_text() != "earlier"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_compare_overwrite_replaces_only_a_comparison(udata_file: Path, tmp_path: Path) -> None:
+    precious = tmp_path / "important"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("precious")
+
+    _clean_error(_compare(udata_file, precious, "--overwrite"), "not a resrec comparison")
+    assert (precious / "thesis.txt").read_text() == "precious"
+
+
+def test_compare_leaves_nothing_behind_when_it_fails(
+    small_ratings: Ratings, tmp_path: Path
+) -> None:
+    def fail(row: dict[str, object]) -> None:
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError, match="stop"):
+        compare(small_ratings, ["global-mean"], out_dir=tmp_path / "cmp", on_run=fail)
+    assert list(tmp_path.iterdir()) == []
 
 
 # --------------------------------------------------------------------------- --duplicates mean
