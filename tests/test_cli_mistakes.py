@@ -5,6 +5,7 @@ from __future__ import annotations
 import bz2
 import json
 import lzma
+import socket
 from pathlib import Path
 
 import pytest
@@ -364,6 +365,47 @@ def test_compare_leaves_nothing_behind_when_it_fails(
     with pytest.raises(RuntimeError, match="stop"):
         compare(small_ratings, ["global-mean"], out_dir=tmp_path / "cmp", on_run=fail)
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- serve
+
+
+@pytest.mark.parametrize(
+    "host, message",
+    [
+        ("not..a..host", "--host 'not..a..host' is not a valid host name or IP address"),
+        ("999.1.1.1", "--host '999.1.1.1' is not a valid IPv4 address"),
+        ("-bad-.example", "is not a valid host name"),
+        ("", "is not a valid host name"),
+        ("::1::2", "is not a valid IPv6 address"),
+        ("x" * 300, "… (300 characters) is not a valid host name"),
+        ("192.0.2.1", "--host 192.0.2.1 is not an address of this machine"),
+    ],
+)
+def test_serve_refuses_a_bad_host_before_starting(tmp_path: Path, host: str, message: str) -> None:
+    result = runner.invoke(app, ["serve", str(tmp_path), "--host", host])
+
+    _clean_error(result, message)
+    assert "Errno" not in result.output
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "-1", "999999"])
+def test_serve_refuses_a_port_out_of_range(tmp_path: Path, port: str) -> None:
+    result = runner.invoke(app, ["serve", str(tmp_path), "--port", port])
+
+    _clean_error(result, f"--port must be from 1 to 65535; got {port}")
+
+
+def test_serve_refuses_a_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        result = runner.invoke(app, ["serve", str(tmp_path), "--port", str(port)])
+
+    _clean_error(result, f"port {port} on 127.0.0.1 is already in use")
+    assert "Errno" not in result.output
 
 
 # --------------------------------------------------------------------------- --duplicates mean
