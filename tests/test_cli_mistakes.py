@@ -7,6 +7,7 @@ import json
 import lzma
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -417,3 +418,76 @@ def test_duplicates_help_says_how_the_mean_is_rounded() -> None:
         text = " ".join(result.output.replace("│", " ").split())
         assert "mean rounded to the nearest step of the rating scale" in text, text
         assert "(halfway: the higher step" in text
+
+
+# --------------------------------------------------------------------------- --resume
+
+
+class _Stop(Exception):
+    """Raised after the first epoch to interrupt a training."""
+
+
+def _interrupted(udata: Path, out: Path, monkeypatch: pytest.MonkeyPatch, *extra: str) -> None:
+    import resrec.cli.train as cli_train
+
+    real_fit = cli_train.fit
+
+    def crash_after_first_epoch(*args: Any, **kwargs: Any) -> Any:
+        def crash(record: dict[str, float]) -> None:
+            raise _Stop
+
+        return real_fit(*args, **{**kwargs, "on_epoch": crash})
+
+    monkeypatch.setattr(cli_train, "fit", crash_after_first_epoch)
+    result = runner.invoke(
+        app, ["train", "--ratings", str(udata), "--epochs", "2", "--out", str(out), *extra]
+    )
+    assert isinstance(result.exception, _Stop), result.output
+    monkeypatch.setattr(cli_train, "fit", real_fit)
+
+
+def _resume(out: Path, *extra: str) -> Any:
+    return runner.invoke(app, ["train", "--resume", str(out), *extra])
+
+
+def test_resume_refuses_a_different_preset(
+    udata_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    _interrupted(udata_file, out, monkeypatch, "--preset", "fast")
+
+    result = _resume(out, "--preset", "tutorial")
+
+    _clean_error(result, "--preset tutorial differs from the run's preset 'fast'")
+    assert (tmp_path / "run.partial" / "checkpoint.pt").is_file()
+
+    result = _resume(out, "--preset", "fast", "--lr", "0.0005")
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert config["lr"] == 0.0005 and config["optimizer"] == "adam"
+
+
+def test_resume_applies_a_config_file_and_options_over_it(
+    udata_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    _interrupted(udata_file, out, monkeypatch)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"lr": 0.01, "momentum": 0.5}))
+
+    result = _resume(out, "--config", str(config), "--lr", "0.02")
+
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert (saved["lr"], saved["momentum"]) == (0.02, 0.5)
+
+
+def test_resume_refuses_a_different_reading_option(
+    udata_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    _interrupted(udata_file, out, monkeypatch)
+
+    _clean_error(_resume(out, "--duplicates", "mean"), "--duplicates mean differs from the run's")
+    _clean_error(_resume(out, "--sep", ";"), "--sep ; differs from the run's --sep (not given)")
+    assert _resume(out, "--ratings", str(udata_file), "--duplicates", "error").exit_code == 0
