@@ -179,6 +179,75 @@ def test_bad_posted_ratings_get_4xx_saying_why(
     assert fragment in response.text
 
 
+@pytest.mark.parametrize(
+    ("body", "where", "expected"),
+    [
+        ({"ratings": [{"movie_id": "2", "rating": 4}]}, "movie_id", "valid integer"),
+        ({"ratings": [{"movie_id": 2.0, "rating": 4}]}, "movie_id", "valid integer"),
+        ({"ratings": [{"movie_id": True, "rating": 4}]}, "movie_id", "valid integer"),
+        ({"ratings": [{"movie_id": 2, "rating": "4"}]}, "rating", "valid number"),
+        ({"ratings": [{"movie_id": 2, "rating": True}]}, "rating", "valid number"),
+        ({"ratings": [{"movie_id": 2, "rating": 4}], "n": "5"}, "n", "valid integer"),
+        ({"ratings": [{"movie_id": 2, "rating": 4}], "n": 5.0}, "n", "valid integer"),
+        ({"ratings": [{"movie_id": 2, "rating": 4}], "n": True}, "n", "valid integer"),
+        ({"ratings": [{"movie_id": 2, "rating": 4}], "explain": 1}, "explain", "valid boolean"),
+        ({"ratings": [{"movie_id": 2, "rating": 4}], "explain": "yes"}, "explain", "valid boolean"),
+    ],
+)
+def test_posted_values_are_not_converted_from_other_json_types(
+    client: httpx.Client, body: dict[str, Any], where: str, expected: str
+) -> None:
+    response = client.post("/api/recommendations", json=body)
+
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"][-1] == where and expected in error["msg"], error
+
+
+def test_a_rating_may_be_a_json_integer_or_a_fraction(client: httpx.Client) -> None:
+    for rating in (4, 4.0):
+        body = {"ratings": [{"movie_id": 2, "rating": rating}], "n": 2}
+        response = client.post("/api/recommendations", json=body)
+        assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "where"),
+    [
+        ("/api/predict", {"user_id": "1.0", "movie_id": 2}, "user_id"),
+        ("/api/predict", {"user_id": 1, "movie_id": " 2"}, "movie_id"),
+        ("/api/predict", {"user_id": "1_0", "movie_id": 2}, "user_id"),
+        ("/api/predict", {"user_id": "+1", "movie_id": 2}, "user_id"),
+        ("/api/users/1/recommendations", {"n": "5.0"}, "n"),
+        ("/api/users", {"limit": "1e1"}, "limit"),
+        ("/api/movies/search", {"q": "star", "limit": "2.0"}, "limit"),
+    ],
+)
+def test_query_integers_must_be_written_with_digits_only(
+    client: httpx.Client, path: str, params: dict[str, Any], where: str
+) -> None:
+    response = client.get(path, params=params)
+
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"][-1] == where and "digits only" in error["msg"], error
+
+
+@pytest.mark.parametrize("flag", ["1", "yes", "on", "True", " true"])
+def test_query_flags_must_be_true_or_false(client: httpx.Client, flag: str) -> None:
+    response = client.get("/api/predict", params={"user_id": 1, "movie_id": 2, "fallback": flag})
+
+    assert response.status_code == 422, response.text
+    assert "expected true or false" in response.text
+
+
+def test_path_integers_must_be_written_with_digits_only(client: httpx.Client) -> None:
+    for path in ("/api/movies/2.0", "/api/users/1.0/recommendations", "/api/movies/2_0/similar"):
+        response = client.get(path)
+        assert response.status_code == 422, response.text
+        assert "digits only" in response.text
+
+
 def test_non_finite_and_malformed_json_are_refused(client: httpx.Client) -> None:
     raw = '{"ratings": [{"movie_id": 2, "rating": NaN}]}'
     response = client.post(

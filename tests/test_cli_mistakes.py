@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import bz2
 import json
+import lzma
+import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from resrec.cli import app
+from resrec.compare import compare
+from resrec.data.ratings import Ratings
+from tests.test_inference import build_run
 
 runner = CliRunner()
 
@@ -118,3 +125,369 @@ def test_hexadecimal_numbers_are_refused(tmp_path: Path, line: str) -> None:
     path = tmp_path / "ratings.csv"
     path.write_text(f"userId,movieId,rating,timestamp\n1,10,4.0,1\n{line}\n")
     _clean_error(_train(path, "--out", str(tmp_path / "run")), "ratings.csv:3:")
+
+
+# ------------------------------------------------------------------ files that are not text
+
+
+def _ratings_text() -> bytes:
+    return b"userId,movieId,rating,timestamp\n1,10,4.0,1\n2,10,3.0,1\n"
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (
+            bz2.compress(_ratings_text()),
+            "looks like a bz2-compressed file; resrec reads plain text",
+        ),
+        (lzma.compress(_ratings_text()), "looks like an xz-compressed file"),
+        (b"\x28\xb5\x2f\xfd" + _ratings_text(), "looks like a zstd-compressed file"),
+        (b"PK\x03\x04" + _ratings_text(), "looks like a zip archive"),
+        (_ratings_text() + b"3,\x00\x00,4,1\n", "not a text file (byte 0x00 at line 4, column 3)"),
+    ],
+    ids=["bz2", "xz", "zstd", "zip", "nul"],
+)
+def test_compressed_or_binary_ratings_are_named_as_such(
+    tmp_path: Path, data: bytes, message: str
+) -> None:
+    path = tmp_path / "ratings.csv"
+    path.write_bytes(data)
+    out = tmp_path / "run"
+
+    result = _train(path, "--out", str(out))
+
+    _clean_error(result, f"{path}: {message}")
+    assert not out.exists() and not (tmp_path / "run.partial").exists()
+
+
+def test_long_bad_field_is_cut_short_in_the_message(tmp_path: Path) -> None:
+    path = tmp_path / "ratings.csv"
+    path.write_text("userId,movieId,rating,timestamp\n1,10,4.0,1\n2," + "x" * 100_000 + ",3,1\n")
+
+    result = _train(path, "--out", str(tmp_path / "run"))
+
+    _clean_error(result, "found 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'… (100,000 characters)")
+    assert len(result.output) < 500
+
+
+@pytest.mark.parametrize("column", [0, 1, 3])
+def test_id_of_5000_digits_is_out_of_range_not_a_python_error(tmp_path: Path, column: int) -> None:
+    fields = ["2", "10", "3.0", "1"]
+    fields[column] = "9" * 5000
+    path = tmp_path / "ratings.csv"
+    path.write_text("userId,movieId,rating,timestamp\n1,10,4.0,1\n" + ",".join(fields) + "\n")
+
+    result = _train(path, "--out", str(tmp_path / "run"))
+
+    _clean_error(result, f"ratings.csv:3:{column + 1} (")
+    assert "is out of range: too large for a 64-bit integer" in result.output
+    assert "4300" not in result.output and "int_max_str_digits" not in result.output
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"epochs": ' + "9" * 5000 + "}", "a number is out of range"),
+        ('{"hidden": [' + "1," * 5000 + "1.5]}", "hidden must be a list of ints; got (1, 1, 1"),
+        ('{"activation": "' + "x" * 5000 + '"}', "… (5,000 characters)"),
+    ],
+    ids=["huge-number", "long-list", "long-string"],
+)
+def test_config_file_values_are_checked_and_cut_short(
+    udata_file: Path, tmp_path: Path, text: str, message: str
+) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(text)
+
+    result = _train(udata_file, "--config", str(config), "--out", str(tmp_path / "run"))
+
+    _clean_error(result, message)
+    assert len(result.output) < 400
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [(bz2.compress(b'{"epochs": 2}'), "looks like a bz2-compressed file"), (b"{\x00}", "0x00")],
+)
+def test_binary_config_file_is_a_clean_error(
+    udata_file: Path, tmp_path: Path, data: bytes, message: str
+) -> None:
+    config = tmp_path / "config.json"
+    config.write_bytes(data)
+
+    _clean_error(_train(udata_file, "--config", str(config)), message)
+
+
+@pytest.fixture(scope="module")
+def served_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_run(tmp_path_factory.mktemp("mistakes"))
+
+
+def test_binary_pairs_file_is_a_clean_error(served_run: Path, tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_bytes(lzma.compress(b"user_id,movie_id\n1,2\n"))
+    out = tmp_path / "out.csv"
+
+    result = runner.invoke(
+        app, ["score", str(served_run), "--pairs", str(pairs), "--out", str(out)]
+    )
+
+    _clean_error(result, "looks like an xz-compressed file; resrec reads plain text CSV")
+    assert not out.exists()
+
+
+def test_pairs_with_an_id_of_5000_digits_are_reported_as_out_of_range(
+    served_run: Path, tmp_path: Path
+) -> None:
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("user_id,movie_id\n1,2\n1," + "9" * 5000 + "\n")
+
+    result = runner.invoke(
+        app, ["score", str(served_run), "--pairs", str(pairs), "--out", str(tmp_path / "o.csv")]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert f"{pairs}:3: movie_id '9999" in result.output and "is out of range" in result.output
+    assert len(result.output) < 600
+
+
+@pytest.mark.parametrize("item", ["9" * 5000 + ":4", "x" * 5000])
+def test_rated_items_are_cut_short_and_range_checked(served_run: Path, item: str) -> None:
+    result = runner.invoke(app, ["recommend", str(served_run), "--rated", f"2:5,{item}"])
+
+    _clean_error(result, "--rated item 2")
+    assert len(result.output) < 300
+
+
+# --------------------------------------------------------------------------- synth
+
+
+SYNTH_SIZE = ["--users", "50", "--movies", "300", "--ratings", "2000"]
+
+
+def _synth(out: Path, *extra: str) -> object:
+    return runner.invoke(app, ["synth", "--out", str(out), *SYNTH_SIZE, *extra])
+
+
+def test_synth_checks_its_sizes_before_creating_anything(tmp_path: Path) -> None:
+    out = tmp_path / "new" / "data"
+
+    result = runner.invoke(app, ["synth", "--out", str(out), "--users", "50", "--ratings", "10"])
+
+    _clean_error(result, "n_ratings must lie between")
+    assert not (tmp_path / "new").exists()
+
+
+def test_synth_refuses_to_replace_ratings_without_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "ratings.csv").write_text("mine")
+
+    _clean_error(_synth(out), "ratings.csv already exists")
+    assert (out / "ratings.csv").read_text() == "mine"
+    assert sorted(p.name for p in out.iterdir()) == ["ratings.csv"]
+
+    assert _synth(out, "--overwrite").exit_code == 0
+    assert (out / "ratings.csv").read_text().startswith("userId,movieId,rating,timestamp\n")
+    assert sorted(p.name for p in out.iterdir()) == ["movies.csv", "ratings.csv"]
+
+
+def test_synth_refuses_to_replace_movies_without_overwrite(tmp_path: Path) -> None:
+    assert _synth(tmp_path / "data").exit_code == 0
+    (tmp_path / "data" / "ratings.csv").unlink()
+
+    _clean_error(_synth(tmp_path / "data"), "movies.csv already exists")
+    assert not (tmp_path / "data" / "ratings.csv").exists()
+
+
+def test_synth_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+
+    _clean_error(_synth(afile, "--overwrite"), "exists and is not a folder")
+    assert afile.read_text() == "x"
+
+
+def test_synth_leaves_nothing_behind_when_interrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from resrec.data import synth
+
+    def fail(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synth, "_write_movies_csv", fail)
+    out = tmp_path / "new" / "data"
+
+    with pytest.raises(KeyboardInterrupt):
+        synth.write_synthetic_csv(out / "ratings.csv", 50, 300, 2000)
+    assert not (tmp_path / "new").exists()
+
+
+# --------------------------------------------------------------------------- compare --out
+
+
+def _compare(udata: Path, out: Path, *extra: str) -> object:
+    args = ["compare", "--ratings", str(udata), "--models", "global-mean", "--out", str(out)]
+    return runner.invoke(app, [*args, *extra])
+
+
+def test_compare_refuses_an_earlier_comparison_without_overwrite(
+    udata_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "cmp"
+    assert _compare(udata_file, out).exit_code == 0
+    (out / "compare.md").write_text("earlier")
+
+    _clean_error(_compare(udata_file, out), f"comparison folder {out} already exists")
+    assert (out / "compare.md").read_text() == "earlier"
+
+    assert _compare(udata_file, out, "--overwrite").exit_code == 0
+    assert (out / "compare.md").read_text() != "earlier"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_compare_overwrite_replaces_only_a_comparison(udata_file: Path, tmp_path: Path) -> None:
+    precious = tmp_path / "important"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("precious")
+
+    _clean_error(_compare(udata_file, precious, "--overwrite"), "not a resrec comparison")
+    assert (precious / "thesis.txt").read_text() == "precious"
+
+
+def test_compare_leaves_nothing_behind_when_it_fails(
+    small_ratings: Ratings, tmp_path: Path
+) -> None:
+    def fail(row: dict[str, object]) -> None:
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError, match="stop"):
+        compare(small_ratings, ["global-mean"], out_dir=tmp_path / "cmp", on_run=fail)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- serve
+
+
+@pytest.mark.parametrize(
+    "host, message",
+    [
+        ("not..a..host", "--host 'not..a..host' is not a valid host name or IP address"),
+        ("999.1.1.1", "--host '999.1.1.1' is not a valid IPv4 address"),
+        ("-bad-.example", "is not a valid host name"),
+        ("", "is not a valid host name"),
+        ("::1::2", "is not a valid IPv6 address"),
+        ("x" * 300, "… (300 characters) is not a valid host name"),
+        ("192.0.2.1", "--host 192.0.2.1 is not an address of this machine"),
+    ],
+)
+def test_serve_refuses_a_bad_host_before_starting(tmp_path: Path, host: str, message: str) -> None:
+    result = runner.invoke(app, ["serve", str(tmp_path), "--host", host])
+
+    _clean_error(result, message)
+    assert "Errno" not in result.output
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "-1", "999999"])
+def test_serve_refuses_a_port_out_of_range(tmp_path: Path, port: str) -> None:
+    result = runner.invoke(app, ["serve", str(tmp_path), "--port", port])
+
+    _clean_error(result, f"--port must be from 1 to 65535; got {port}")
+
+
+def test_serve_refuses_a_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        result = runner.invoke(app, ["serve", str(tmp_path), "--port", str(port)])
+
+    _clean_error(result, f"port {port} on 127.0.0.1 is already in use")
+    assert "Errno" not in result.output
+
+
+# --------------------------------------------------------------------------- --duplicates mean
+
+
+def test_duplicates_help_says_how_the_mean_is_rounded() -> None:
+    for command in ("train", "compare"):
+        result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+        text = " ".join(result.output.replace("│", " ").split())
+        assert "mean rounded to the nearest step of the rating scale" in text, text
+        assert "(halfway: the higher step" in text
+
+
+# --------------------------------------------------------------------------- --resume
+
+
+class _Stop(Exception):
+    """Raised after the first epoch to interrupt a training."""
+
+
+def _interrupted(udata: Path, out: Path, monkeypatch: pytest.MonkeyPatch, *extra: str) -> None:
+    import resrec.cli.train as cli_train
+
+    real_fit = cli_train.fit
+
+    def crash_after_first_epoch(*args: Any, **kwargs: Any) -> Any:
+        def crash(record: dict[str, float]) -> None:
+            raise _Stop
+
+        return real_fit(*args, **{**kwargs, "on_epoch": crash})
+
+    monkeypatch.setattr(cli_train, "fit", crash_after_first_epoch)
+    result = runner.invoke(
+        app, ["train", "--ratings", str(udata), "--epochs", "2", "--out", str(out), *extra]
+    )
+    assert isinstance(result.exception, _Stop), result.output
+    monkeypatch.setattr(cli_train, "fit", real_fit)
+
+
+def _resume(out: Path, *extra: str) -> Any:
+    return runner.invoke(app, ["train", "--resume", str(out), *extra])
+
+
+def test_resume_refuses_a_different_preset(
+    udata_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    _interrupted(udata_file, out, monkeypatch, "--preset", "fast")
+
+    result = _resume(out, "--preset", "tutorial")
+
+    _clean_error(result, "--preset tutorial differs from the run's preset 'fast'")
+    assert (tmp_path / "run.partial" / "checkpoint.pt").is_file()
+
+    result = _resume(out, "--preset", "fast", "--lr", "0.0005")
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert config["lr"] == 0.0005 and config["optimizer"] == "adam"
+
+
+def test_resume_applies_a_config_file_and_options_over_it(
+    udata_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    _interrupted(udata_file, out, monkeypatch)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"lr": 0.01, "momentum": 0.5}))
+
+    result = _resume(out, "--config", str(config), "--lr", "0.02")
+
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert (saved["lr"], saved["momentum"]) == (0.02, 0.5)
+
+
+def test_resume_refuses_a_different_reading_option(
+    udata_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    _interrupted(udata_file, out, monkeypatch)
+
+    _clean_error(_resume(out, "--duplicates", "mean"), "--duplicates mean differs from the run's")
+    _clean_error(_resume(out, "--sep", ";"), "--sep ; differs from the run's --sep (not given)")
+    assert _resume(out, "--ratings", str(udata_file), "--duplicates", "error").exit_code == 0

@@ -36,7 +36,8 @@ runner = CliRunner()
 
 def test_compare_writes_tables_and_plot_for_every_model(tmp_path: Path) -> None:
     ratings = planted_ratings(n_users=40, n_movies=30, n=700)
-    result = compare(ratings, KINDS, repeats=2, seed=5, config=CONFIG, out_dir=tmp_path)
+    out = tmp_path / "cmp"
+    result = compare(ratings, KINDS, repeats=2, seed=5, config=CONFIG, out_dir=out)
 
     assert [row["model"] for row in result.table] == KINDS
     assert len(result.runs) == 2 * len(KINDS)
@@ -222,7 +223,8 @@ def test_accurate_residual_beats_the_baselines_on_ml100k(tmp_path: Path) -> None
     from resrec.data import read_ratings
 
     ratings = read_ratings(path, cache=False)
-    result = compare(ratings, ["biases", "residual"], config=preset("accurate"), out_dir=tmp_path)
+    out = tmp_path / "cmp"
+    result = compare(ratings, ["biases", "residual"], config=preset("accurate"), out_dir=out)
     residual, biases = result.row("residual"), result.row("biases")
     # Surprise's baseline reaches 0.942 on such splits; ours must be near it.
     assert biases["test_rmse_mean"] < 0.955

@@ -137,6 +137,52 @@ def test_bad_movies_files(
     assert fragment in str(error.value)
 
 
+@pytest.mark.parametrize(
+    "name, text, line, fragment",
+    [
+        ("movies.csv", "movieId,title,genres\n" + "9" * 5000 + ",A (1995),Drama\n", 2, "range"),
+        ("movies.dat", "99999999999999999999::A (1995)::Drama\n", 1, "out of range"),
+        ("movies.csv", "movieId,title,genres\n" + "x" * 500 + ",A (1995),Drama\n", 2, "(500 "),
+        ("movies.csv", "id," + "x" * 500 + ",genres\n1,A,Drama\n", 1, "(510 characters)"),
+        ("u.item", item_line(1, "A", [0] * 18) + "|" + "2" * 500, 1, "(500 characters)"),
+    ],
+    ids=["id-of-5000-digits", "id-above-int64", "long-id", "long-header", "long-genre-flag"],
+)
+def test_huge_and_long_movies_fields_are_clean_short_errors(
+    tmp_path: Path, name: str, text: str, line: int, fragment: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+
+    with pytest.raises(DataError) as error:
+        read_movies(path)
+
+    message = str(error.value)
+    assert message.startswith(f"{path}:{line}:") and fragment in message, message
+    assert len(message) < 250 + len(str(path)), message
+
+
+@pytest.mark.parametrize(
+    "data, fragment",
+    [
+        (b"BZh91AY&SY" + b"\x00" * 30, "looks like a bz2-compressed file"),
+        (b"PK\x03\x04" + b"\x00" * 30, "looks like a zip archive"),
+        (b"movieId,title,genres\n1,A\x00,Drama\n", "not a text file (byte 0x00 at line 2, col"),
+        (gzip.compress(b"movieId,title,genres\n\x00"), "not a text file (byte 0x00 at line 2"),
+        (b"\x1f\x8b\x08\x00broken", "not a readable gzip file"),
+    ],
+    ids=["bz2", "zip", "nul", "nul-inside-gzip", "damaged-gzip"],
+)
+def test_binary_movies_files_are_named_as_such(tmp_path: Path, data: bytes, fragment: str) -> None:
+    path = tmp_path / "movies.csv"
+    path.write_bytes(data)
+
+    with pytest.raises(DataError) as error:
+        read_movies(path)
+
+    assert str(error.value).startswith(f"{path}: {fragment}"), str(error.value)
+
+
 def test_unknown_movie_id_raises(tmp_path: Path) -> None:
     movies = Movies(np.array([1]), ["A (1995)"], [()])
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import hashlib
+import io
+import lzma
 import os
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -551,6 +555,51 @@ BAD_INPUT = [
         1,
         ["too large"],
     ),
+    (
+        "id-of-5000-digits",
+        "ratings.csv",
+        ML_HEADER + "1,2,3.5,1\n1," + "9" * 5000 + ",4,1\n",
+        {},
+        3,
+        2,
+        ["(movieId)", "movie_id 9999", "is out of range", "too large for a 64-bit integer"],
+    ),
+    (
+        "timestamp-of-5000-digits",
+        "u.data",
+        "1\t2\t3\t1\n1\t3\t4\t" + "1" * 5000 + "\n",
+        {},
+        2,
+        4,
+        ["(timestamp)", "is out of range", "(5,000 characters)"],
+    ),
+    (
+        "rating-of-5000-digits",
+        "ratings.csv",
+        ML_HEADER + "1,2,3.5,1\n1,3," + "4" * 5000 + ",1\n",
+        {},
+        3,
+        3,
+        ["(rating)", "is out of range", "expected a rating from 0.5 to 5"],
+    ),
+    (
+        "id-of-5000-digits-on-the-first-line",
+        "ratings.dat",
+        "1::" + "7" * 5000 + "::3\n",
+        {},
+        1,
+        2,
+        ["is out of range"],
+    ),
+    (
+        "infinite-rating",
+        "ratings.csv",
+        ML_HEADER + "1,2,3.5,1\n1,3,1e999,1\n",
+        {},
+        3,
+        3,
+        ["rating 1e999 is out of range"],
+    ),
 ]
 
 
@@ -574,6 +623,126 @@ def test_bad_input_names_file_line_column_and_expectation(
         read(path, **options)
 
     assert_error(error, path, line, column, *fragments)
+
+
+LONG = "x" * 500
+
+
+@pytest.mark.parametrize(
+    "name, text, options",
+    [
+        ("ratings.csv", ML_HEADER + f"1,{LONG},4,1\n", {}),
+        ("ratings.csv", ML_HEADER + f"1,2,{LONG},1\n", {}),
+        ("ratings.csv", ML_HEADER + f"1,2,4,{LONG}\n", {}),
+        ("ratings.csv", ML_HEADER + "1,2,4," + "7" * 500 + "\n", {}),
+        ("u.data", f"{LONG}\t1\t2\t3\n", {}),
+        ("ratings.csv", f"userId,movieId,{LONG},timestamp\n1,2,3,4\n", {"layout": "movielens-csv"}),
+        ("ratings.csv", "1,2," + "3" * 500 + ",4\n", {"layout": "movielens-csv"}),
+        ("x.csv", f"user,movie,{LONG}\n1,2,3\n", {}),
+        ("x.csv", f"user,movie,rating,{LONG}\n1,2,3,4\n1,2,3\n", {}),
+    ],
+    ids=[
+        "id",
+        "rating",
+        "timestamp",
+        "too-large-timestamp",
+        "header-taken-for-data",
+        "header-name",
+        "line-of-numbers",
+        "unknown-header",
+        "field-count-with-long-name",
+    ],
+)
+def test_long_bad_values_are_cut_short_in_messages(
+    tmp_path: Path, name: str, text: str, options: dict[str, object]
+) -> None:
+    path = write(tmp_path, name, text)
+
+    with pytest.raises(DataError) as error:
+        read(path, **options)
+
+    message = str(error.value)
+    assert "… (" in message and "characters)" in message, message
+    assert len(message) < 400 + len(str(path)), message
+
+
+@pytest.mark.parametrize(
+    "compress, kind",
+    [
+        (bz2.compress, "a bz2-compressed file"),
+        (lzma.compress, "an xz-compressed file"),
+        (lambda data: b"\x28\xb5\x2f\xfd" + data, "a zstd-compressed file"),
+        (lambda data: b"\x04\x22\x4d\x18" + data, "an lz4-compressed file"),
+        (lambda data: b"7z\xbc\xaf\x27\x1c" + data, "a 7z archive"),
+        (lambda data: zip_of("ratings.csv", data), "a zip archive"),
+        (lambda data: gzip.compress(bz2.compress(data)), "a bz2-compressed file"),
+    ],
+    ids=["bz2", "xz", "zstd", "lz4", "7z", "zip", "bz2-inside-gzip"],
+)
+@pytest.mark.parametrize("name", ["ratings.csv", "ratings.csv.bz2", "u.data", "ratings.dat"])
+def test_unsupported_compression_is_named_by_its_magic_bytes(
+    tmp_path: Path, compress: Callable[[bytes], bytes], kind: str, name: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(compress((ML_HEADER + "1,2,3.5,1\n").encode()))
+
+    with pytest.raises(DataError) as error:
+        read(path)
+
+    assert str(error.value).startswith(f"{path}: looks like {kind}; resrec reads plain text or .gz")
+    assert error.value.path == str(path)
+    with pytest.raises(DataError, match=f"looks like {kind}"):
+        detect_layout(path)
+
+
+def zip_of(name: str, data: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"gz": True}, {"crlf": True}, {"bom": True}, {"gz": True, "crlf": True, "bom": True}],
+    ids=["plain", "gzip", "crlf", "bom", "all"],
+)
+def test_nul_byte_is_reported_as_not_a_text_file_with_its_position(
+    tmp_path: Path, options: dict[str, bool]
+) -> None:
+    path = write(tmp_path, "ratings.csv", ML_HEADER + "1,2,3.5,1\n1,3,4\x00,1\n", **options)
+
+    with pytest.raises(DataError) as error:
+        read(path)
+
+    assert str(error.value).startswith(
+        f"{path}: not a text file (byte 0x00 at line 3, column 6); resrec reads plain text or .gz"
+    )
+
+
+@pytest.mark.parametrize("where", ["first line", "far into the file"])
+def test_binary_file_is_not_a_text_file(tmp_path: Path, where: str) -> None:
+    lines = [f"{m}\t1\t4\t1" for m in range(1, 50_001)] if where != "first line" else []
+    path = tmp_path / "u.data"
+    path.write_bytes("\n".join(lines).encode() + b"\n\x89\x00\x01\x02binary")
+
+    with pytest.raises(DataError, match="not a text file \\(byte 0x00 at line"):
+        read(path)
+
+
+def test_utf16_is_refused_as_such(tmp_path: Path) -> None:
+    path = write(tmp_path, "ratings.csv", "\ufeff" + ML_HEADER + "1,2,3.5,1\n", encoding="utf-16")
+
+    with pytest.raises(DataError, match="is UTF-16 text"):
+        read(path)
+
+
+def test_text_that_starts_like_a_magic_number_is_still_read(tmp_path: Path) -> None:
+    path = write(tmp_path, "x.csv", "BZh,movie,rating\n1,2,3\n")
+
+    ratings = read(path, columns="user_id,movie_id,rating", header=True)
+
+    assert ratings.movie_id.tolist() == [2]
 
 
 def test_swapped_columns_are_reported_with_a_columns_hint(tmp_path: Path) -> None:
@@ -652,13 +821,46 @@ def test_duplicates_last_keeps_the_later_line(tmp_path: Path) -> None:
     assert any("merged" in note for note in ratings.notes)
 
 
-def test_duplicates_mean_averages_and_keeps_an_off_step_mean(tmp_path: Path) -> None:
+def test_duplicates_mean_averages_rounding_a_tie_to_the_higher_step(tmp_path: Path) -> None:
     ratings = read(write(tmp_path, "ratings.csv", DUPLICATED), duplicates="mean")
 
     assert ratings.movie_id.tolist() == [3, 2, 2]
-    assert ratings.rating.tolist() == [4.0, 1.0, 3.75]  # (3.0 + 4.5) / 2, not rounded
+    assert ratings.rating.tolist() == [4.0, 1.0, 4.0]  # (3.0 + 4.5) / 2 = 3.75, halfway: up
     assert ratings.timestamp is not None
     assert ratings.timestamp.tolist() == [20, 30, 40]
+
+
+@pytest.mark.parametrize(
+    "name, ratings, mean",
+    [
+        # half stars: the mean in steps of 0.5, rounded to the nearest, halfway up
+        ("ratings.csv", [3.0, 4.5], 4.0),  # 3.75 is halfway between 3.5 and 4.0
+        ("ratings.csv", [0.5, 1.0], 1.0),  # 0.75: halfway, up
+        ("ratings.csv", [3.0, 3.5, 5.0], 4.0),  # 3.833...: nearest is 4.0
+        ("ratings.csv", [1.0, 1.5, 1.5], 1.5),  # 1.333...: nearest is 1.5
+        ("ratings.csv", [4.0, 4.0, 4.5], 4.0),  # 4.1666...: nearest is 4.0
+        ("ratings.csv", [2.0, 2.5, 2.5, 2.5], 2.5),  # 2.375: nearest is 2.5
+        ("ratings.csv", [5.0, 5.0, 0.5], 3.5),  # 3.5: on a step already
+        # whole stars
+        ("u.data", [4, 5], 5),  # 4.5: halfway, up
+        ("u.data", [1, 2, 2], 2),  # 1.666...: nearest is 2
+        ("u.data", [1, 1, 2], 1),  # 1.333...: nearest is 1
+        ("u.data", [1, 5], 3),  # 3: on a step already
+        ("u.data", [2, 3, 3, 4, 4, 4], 3),  # 3.333...: nearest is 3
+    ],
+)
+def test_duplicates_mean_is_rounded_to_the_nearest_step(
+    tmp_path: Path, name: str, ratings: list[float], mean: float
+) -> None:
+    if name == "u.data":
+        text = "".join(f"7\t9\t{r}\t{i}\n" for i, r in enumerate(ratings)) + "8\t9\t3\t0\n"
+    else:
+        text = ML_HEADER + "".join(f"7,9,{r},{i}\n" for i, r in enumerate(ratings)) + "8,9,3,0\n"
+
+    table = read(write(tmp_path, name, text), duplicates="mean")
+
+    assert table.rating.tolist() == [mean, 3.0]
+    assert table.scale.on_scale(table.rating).all()
 
 
 def test_unsorted_file_without_duplicates_passes(tmp_path: Path) -> None:

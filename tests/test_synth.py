@@ -246,10 +246,30 @@ def test_written_movies_csv_describes_every_rated_movie(tmp_path: Path) -> None:
 
 
 def test_written_files_are_deterministic(tmp_path: Path) -> None:
-    first = write_synthetic_csv(tmp_path / "a", 50, 300, 2_000, seed=5)
-    second = write_synthetic_csv(tmp_path / "b", 50, 300, 2_000, seed=5)
+    first = write_synthetic_csv(tmp_path / "a" / "ratings.csv", 50, 300, 2_000, seed=5)
+    second = write_synthetic_csv(tmp_path / "b" / "ratings.csv", 50, 300, 2_000, seed=5)
+    assert first.movies != second.movies
     assert first.ratings.read_bytes() == second.ratings.read_bytes()
     assert first.movies.read_bytes() == second.movies.read_bytes()
+
+
+def test_existing_files_are_kept_unless_overwrite(tmp_path: Path) -> None:
+    first = write_synthetic_csv(tmp_path, 50, 300, 2_000, seed=5)
+    before = first.ratings.read_bytes()
+
+    with pytest.raises(ConfigError, match="already exists"):
+        write_synthetic_csv(tmp_path, 50, 300, 2_000, seed=6)
+    assert first.ratings.read_bytes() == before
+
+    write_synthetic_csv(tmp_path, 50, 300, 2_000, seed=6, overwrite=True)
+    assert first.ratings.read_bytes() != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["movies.csv", "ratings.csv"]
+
+
+def test_sizes_are_checked_before_any_folder_is_made(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="n_ratings must lie between"):
+        write_synthetic_csv(tmp_path / "new" / "ratings.csv", 50, 300, 10)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_ratings_file_cannot_be_named_movies_csv(tmp_path: Path) -> None:

@@ -19,7 +19,12 @@ Endpoints (JSON; the OpenAPI schema is at ``/openapi.json``, its pages at ``/doc
 ==========================================  =============================================
 
 Every mistake in a request gets a 4xx JSON answer ``{"detail": ..., "hint": ...}``:
-404 for an unknown id, 422 for a value outside what is allowed. The
+404 for an unknown id, 422 for a value outside what is allowed. Values are
+not converted: a posted body takes JSON integers for ids and counts (not
+``"1"``, ``1.0`` or ``true``), JSON numbers for ratings and ``true``/``false``
+for flags; in a query or path an integer is written with digits only (an
+optional minus, no ``4.0``, spaces or underscores) and a flag as ``true`` or
+``false``. The
 recommender is read-only and needs no locks. Quick endpoints run on the event
 loop (a thread hop costs more than their work); fold-in and title search run
 in the server's thread pool. For more than one core, serve with several
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from importlib import resources
 from typing import Annotated, Any, Literal
 
@@ -37,7 +43,7 @@ from fastapi import Body, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
 
 from resrec import __version__
 from resrec.errors import ConfigError, ResrecError, UnknownIdError
@@ -49,17 +55,40 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_N = 1000
 MAX_RATINGS = 10_000
 
+_WHOLE_NUMBER = re.compile(r"-?[0-9]+")
+
+
+def _digits_only(value: object) -> object:
+    """Refuse query and path text that pydantic would convert to an int, such as "4.0"."""
+    if isinstance(value, str) and not _WHOLE_NUMBER.fullmatch(value):
+        raise ValueError("expected a whole number written with digits only, such as 42")
+    return value
+
+
+def _true_or_false(value: object) -> object:
+    """Refuse query text that pydantic would convert to a bool, such as "1" or "yes"."""
+    if isinstance(value, str) and value not in ("true", "false"):
+        raise ValueError("expected true or false")
+    return value
+
+
+Digits = BeforeValidator(_digits_only)
+TrueOrFalse = BeforeValidator(_true_or_false)
+
 RawId = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
-UserIdQuery = Annotated[int, Query(ge=INT64_MIN, le=INT64_MAX, description="user_id")]
-MovieIdQuery = Annotated[int, Query(ge=INT64_MIN, le=INT64_MAX, description="movie_id")]
-UserIdPath = Annotated[int, Path(ge=INT64_MIN, le=INT64_MAX, description="user_id")]
-MovieIdPath = Annotated[int, Path(ge=INT64_MIN, le=INT64_MAX, description="movie_id")]
-CountQuery = Annotated[int, Query(ge=1, le=MAX_N, description="How many movies to return.")]
+UserIdQuery = Annotated[int, Query(ge=INT64_MIN, le=INT64_MAX, description="user_id"), Digits]
+MovieIdQuery = Annotated[int, Query(ge=INT64_MIN, le=INT64_MAX, description="movie_id"), Digits]
+UserIdPath = Annotated[int, Path(ge=INT64_MIN, le=INT64_MAX, description="user_id"), Digits]
+MovieIdPath = Annotated[int, Path(ge=INT64_MIN, le=INT64_MAX, description="movie_id"), Digits]
+CountQuery = Annotated[int, Query(ge=1, le=MAX_N, description="How many movies to return."), Digits]
 FallbackQuery = Annotated[
     bool,
     Query(description="Use the bias estimate for an unknown user or movie instead of a 404."),
+    TrueOrFalse,
 ]
-ExplainQuery = Annotated[bool, Query(description="Add each prediction's additive terms.")]
+ExplainQuery = Annotated[
+    bool, Query(description="Add each prediction's additive terms."), TrueOrFalse
+]
 
 
 # --------------------------------------------------------------------------- schemas
@@ -157,14 +186,21 @@ class UsersOut(BaseModel):
 
 
 class RatingIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """One rating of a new user: a JSON integer ``movie_id`` and a JSON number ``rating``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     movie_id: RawId
-    rating: Annotated[float, Field(allow_inf_nan=False, description="On the run's rating scale.")]
+    rating: Annotated[
+        float,
+        Field(allow_inf_nan=False, description="On the run's rating scale; 4 and 4.0 are alike."),
+    ]
 
 
 class NewUserIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Values are taken as JSON types, never converted (``"10"`` is not an integer)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     ratings: Annotated[list[RatingIn], Field(min_length=1, max_length=MAX_RATINGS)]
     n: Annotated[int, Field(ge=1, le=MAX_N)] = 10
@@ -293,8 +329,8 @@ def _add_routes(app: FastAPI, rec: Recommender) -> None:
 
     @app.get("/api/users", response_model=UsersOut, tags=["users"])
     async def users(
-        limit: Annotated[int, Query(ge=1, le=MAX_N)] = 20,
-        offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
+        limit: Annotated[int, Query(ge=1, le=MAX_N), Digits] = 20,
+        offset: Annotated[int, Query(ge=0, le=INT64_MAX), Digits] = 0,
     ) -> UsersOut:
         """user_ids with training ratings, in ascending order."""
         items = [UserOut(user_id=u, n_ratings=c) for u, c in rec.users(limit, offset)]
@@ -309,7 +345,9 @@ def _add_routes(app: FastAPI, rec: Recommender) -> None:
     async def user_recommendations(
         user_id: UserIdPath,
         n: CountQuery = 10,
-        include_rated: Annotated[bool, Query(description="Keep movies rated in training.")] = False,
+        include_rated: Annotated[
+            bool, Query(description="Keep movies rated in training."), TrueOrFalse
+        ] = False,
         fallback: FallbackQuery = False,
         explain: ExplainQuery = False,
     ) -> Response:
@@ -342,7 +380,7 @@ def _add_routes(app: FastAPI, rec: Recommender) -> None:
     @app.get("/api/movies/search", response_model=list[MovieOut], responses=ERRORS, tags=["movies"])
     def search(
         q: Annotated[str, Query(min_length=1, max_length=200, description="Part of a title.")],
-        limit: Annotated[int, Query(ge=1, le=100)] = 10,
+        limit: Annotated[int, Query(ge=1, le=100), Digits] = 10,
     ) -> Response:
         """Movies whose title contains ``q`` (case-insensitive), movies the model knows first."""
         if rec.movies is None:

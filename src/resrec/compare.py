@@ -11,6 +11,11 @@ that for ``repeats`` seeds (split ``i`` and every model's initial weights use
     test_rmse.png        every model's test RMSE per epoch, overlaid
     compare.json         the configs used, the data source and the ranking settings
 
+``out_dir`` must not exist yet; ``overwrite`` replaces an earlier comparison
+(a folder holding ``compare.json`` and ``compare.csv``) and nothing else. The
+folder is written under a temporary name beside it and renamed when complete,
+so a failed or interrupted comparison leaves nothing behind.
+
 Every model is trained by :func:`resrec.workflow.fit`, so the trainer,
 early stopping (on validation only) and the metrics are those of ``resrec
 train``; with ``save_runs`` each run is also written as a run directory.
@@ -25,6 +30,9 @@ import csv
 import json
 import logging
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,12 +44,15 @@ from resrec.config import TrainConfig, preset
 from resrec.data.ratings import Ratings
 from resrec.errors import ConfigError
 from resrec.ranking import catalogue_coverage, ranking_metrics, top_k_movies
-from resrec.split import split_ratings
+from resrec.run import OutputKind, check_output_folder
+from resrec.split import Split, split_ratings
 from resrec.workflow import Encoded, TrainResult, encode_ratings, fit, predict_indices
 
 log = logging.getLogger(__name__)
 
 MODEL_KINDS = ("global-mean", "biases", "mf", "deep", "residual")
+
+COMPARISON_OUTPUT = OutputKind("comparison", "comparison folder", ("compare.json", "compare.csv"))
 
 # Columns averaged over repeats, in table order, with their Markdown headings.
 SUMMARY_COLUMNS: dict[str, str] = {
@@ -99,6 +110,7 @@ def compare(
     coverage_users: int | None = None,
     out_dir: str | Path | None = None,
     save_runs: bool = False,
+    overwrite: bool = False,
     on_run: RunCallback | None = None,
 ) -> CompareResult:
     """Train ``models`` on ``repeats`` seeded splits and summarise their test figures.
@@ -127,9 +139,12 @@ def compare(
         movies excluded) of this many users drawn with the repeat's seed;
         ``None`` uses every user.
     out_dir
-        Where to write the tables and the plot; nothing is written if ``None``.
+        A new folder for the tables and the plot, checked before training;
+        nothing is written if ``None``.
     save_runs
         Also write each run as a run directory under ``out_dir/runs``.
+    overwrite
+        Replace ``out_dir`` if it holds an earlier comparison.
     on_run
         Called with each run's row as soon as it is measured.
     """
@@ -138,51 +153,103 @@ def compare(
         raise ConfigError(f"repeats must be >= 1; got {repeats}")
     if save_runs and out_dir is None:
         raise ConfigError("save_runs needs an out_dir to write the runs into")
+    target = None if out_dir is None else Path(out_dir)
+    if target is not None:
+        check_output_folder(target, overwrite=overwrite, kind=COMPARISON_OUTPUT)
     base = config or preset("accurate")
     configs = _model_configs(base, models, model_overrides or {})
     encoded = ratings if isinstance(ratings, Encoded) else encode_ratings(ratings)
+    race = _Race(encoded, base, configs, k, threshold, coverage_users, on_run)
+    if target is None:
+        return race.run(models, repeats, seed, runs_dir=None)
 
-    runs: list[dict[str, Any]] = []
-    histories: dict[str, list[list[dict[str, float]]]] = {m: [] for m in models}
-    for repeat in range(repeats):
-        run_seed = seed + repeat
-        split = split_ratings(
-            len(encoded.ratings),
-            test_fraction=base.test_fraction,
-            valid_fraction=base.valid_fraction,
-            seed=run_seed,
-        )
-        for model in models:
-            result = fit(encoded, configs[model].replace(seed=run_seed), split=split)
-            row = _measure(result, encoded, split.test, model, repeat, run_seed, k, threshold)
-            row["coverage"] = _catalogue_coverage(result, k, coverage_users, run_seed)
-            runs.append(row)
-            histories[model].append(result.history)
-            log.info(
-                "%s seed %d: test RMSE %.4f, best epoch %d, %.1fs",
-                model,
-                run_seed,
-                row["test_rmse"],
-                row["best_epoch"],
-                row["train_seconds"],
-            )
-            if on_run is not None:
-                on_run(row)
-            if save_runs:
-                _save(result, Path(str(out_dir)) / "runs" / f"{model}-seed{run_seed}")
-
-    outcome = CompareResult(
-        models=models,
-        runs=runs,
-        table=summarise(runs, models),
-        histories=histories,
-        configs=configs,
-        k=k,
-        threshold=threshold,
-    )
-    if out_dir is not None:
-        outcome.files = write_outputs(outcome, Path(out_dir), encoded)
+    staging = _staging_folder(target)
+    try:
+        outcome = race.run(models, repeats, seed, runs_dir=staging / "runs" if save_runs else None)
+        write_outputs(outcome, staging, encoded)
+        outcome.files = _publish(staging, target, overwrite=overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return outcome
+
+
+@dataclass
+class _Race:
+    """Trains and measures every model on the same seeded splits."""
+
+    encoded: Encoded
+    base: TrainConfig
+    configs: dict[str, TrainConfig]
+    k: int
+    threshold: float
+    coverage_users: int | None
+    on_run: RunCallback | None
+
+    def run(
+        self, models: list[str], repeats: int, seed: int, *, runs_dir: Path | None
+    ) -> CompareResult:
+        runs: list[dict[str, Any]] = []
+        histories: dict[str, list[list[dict[str, float]]]] = {m: [] for m in models}
+        for repeat in range(repeats):
+            run_seed = seed + repeat
+            split = split_ratings(
+                len(self.encoded.ratings),
+                test_fraction=self.base.test_fraction,
+                valid_fraction=self.base.valid_fraction,
+                seed=run_seed,
+            )
+            for model in models:
+                result, row = self._one(model, repeat, run_seed, split)
+                runs.append(row)
+                histories[model].append(result.history)
+                if runs_dir is not None:
+                    _save(result, runs_dir / f"{model}-seed{run_seed}")
+        return CompareResult(
+            models=models,
+            runs=runs,
+            table=summarise(runs, models),
+            histories=histories,
+            configs=self.configs,
+            k=self.k,
+            threshold=self.threshold,
+        )
+
+    def _one(
+        self, model: str, repeat: int, run_seed: int, split: Split
+    ) -> tuple[TrainResult, dict[str, Any]]:
+        config = self.configs[model].replace(seed=run_seed)
+        result = fit(self.encoded, config, split=split)
+        row = _measure(
+            result, self.encoded, split.test, model, repeat, run_seed, self.k, self.threshold
+        )
+        row["coverage"] = _catalogue_coverage(result, self.k, self.coverage_users, run_seed)
+        log.info(
+            "%s seed %d: test RMSE %.4f, best epoch %d, %.1fs",
+            model,
+            run_seed,
+            row["test_rmse"],
+            row["best_epoch"],
+            row["train_seconds"],
+        )
+        if self.on_run is not None:
+            self.on_run(row)
+        return result, row
+
+
+def _staging_folder(target: Path) -> Path:
+    """A new hidden folder beside ``target`` to write the comparison into."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+
+
+def _publish(staging: Path, target: Path, *, overwrite: bool) -> dict[str, Path]:
+    """Rename the finished ``staging`` folder to ``target``; returns the files by key."""
+    if target.exists() or target.is_symlink():
+        check_output_folder(target, overwrite=overwrite, kind=COMPARISON_OUTPUT)
+        shutil.rmtree(target)
+    os.replace(staging, target)
+    return {key: target / name for key, name in OUTPUT_FILES.items()}
 
 
 def _check_models(models: Sequence[str]) -> list[str]:
@@ -291,17 +358,20 @@ def summarise(runs: list[dict[str, Any]], models: list[str]) -> list[dict[str, A
 # -- output files ------------------------------------------------------------------
 
 
+OUTPUT_FILES = {
+    "table_csv": "compare.csv",
+    "table_md": "compare.md",
+    "runs_csv": "compare_runs.csv",
+    "history_csv": "compare_history.csv",
+    "plot": "test_rmse.png",
+    "json": "compare.json",
+}
+
+
 def write_outputs(result: CompareResult, out_dir: Path, encoded: Encoded) -> dict[str, Path]:
     """Write the tables, the curves and the plot of ``result`` into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = {
-        "table_csv": out_dir / "compare.csv",
-        "table_md": out_dir / "compare.md",
-        "runs_csv": out_dir / "compare_runs.csv",
-        "history_csv": out_dir / "compare_history.csv",
-        "plot": out_dir / "test_rmse.png",
-        "json": out_dir / "compare.json",
-    }
+    files = {key: out_dir / name for key, name in OUTPUT_FILES.items()}
     _write_csv(files["table_csv"], result.table)
     _write_csv(files["runs_csv"], result.runs)
     _write_csv(files["history_csv"], _history_rows(result))

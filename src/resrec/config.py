@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from resrec.errors import ConfigError
+from resrec.errors import ConfigError, echoed
 
 ModelKind = Literal["residual", "mf", "deep", "biases", "global-mean"]
 OptimizerKind = Literal["sgd", "adam", "adagrad"]
@@ -128,17 +128,19 @@ def _check_types(config: TrainConfig) -> None:
         if f.name in _CHOICES:
             if value not in _CHOICES[f.name]:
                 raise ConfigError(
-                    f"{f.name} must be one of {list(_CHOICES[f.name])}; got {value!r}"
+                    f"{f.name} must be one of {list(_CHOICES[f.name])}; got {echoed(value)}"
                 )
         elif f.name in ("hidden", "betas"):
             kind = int if f.name == "hidden" else float
             if not all(_is(item, kind) for item in value):
-                raise ConfigError(f"{f.name} must be a list of {kind.__name__}s; got {value!r}")
+                raise ConfigError(
+                    f"{f.name} must be a list of {kind.__name__}s; got {echoed(value)}"
+                )
         elif f.type in _SCALARS and not _is(value, _SCALARS[f.type]):
             article = "an" if f.type == "int" else "a"
-            raise ConfigError(f"{f.name} must be {article} {f.type}; got {value!r}")
+            raise ConfigError(f"{f.name} must be {article} {f.type}; got {echoed(value)}")
     if not 0 <= config.seed <= _LARGEST_SEED:
-        raise ConfigError(f"seed must be in [0, {_LARGEST_SEED}]; got {config.seed}")
+        raise ConfigError(f"seed must be in [0, {_LARGEST_SEED}]; got {echoed(config.seed)}")
 
 
 def _is(value: object, kind: type) -> bool:
@@ -161,7 +163,7 @@ def _coerce(changes: dict[str, Any]) -> dict[str, Any]:
 
 def _check(ok: bool, message: str, value: object) -> None:
     if not ok:
-        raise ConfigError(f"{message}; got {value!r}")
+        raise ConfigError(f"{message}; got {echoed(value)}")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -202,18 +204,43 @@ PRESETS: dict[str, dict[str, Any]] = {
 def preset(name: str) -> TrainConfig:
     """The config of a named preset."""
     if name not in PRESETS:
-        raise ConfigError(f"preset must be one of {sorted(PRESETS)}; got {name!r}")
+        raise ConfigError(f"preset must be one of {sorted(PRESETS)}; got {echoed(name)}")
     return TrainConfig().replace(**PRESETS[name])
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read config overrides from a JSON file (as written by ``resrec tune``)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})") from None
+    data = _parse_json(path, _read_text(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object of config fields")
     return data.get("config", data)
+
+
+def _read_text(path: str | Path) -> str:
+    """The text of a config file; a clear error for a missing, binary or non-UTF-8 one."""
+    from resrec.data.sniff import text_problem
+
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
+    problem = text_problem(raw, accepted="JSON text")
+    if problem is not None:
+        raise ConfigError(f"{path}: {problem.message}", hint=problem.hint)
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start + 1}); JSON is UTF-8") from None
+
+
+def _parse_json(path: str | Path, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})") from None
+    except ValueError:  # an integer with more digits than Python converts
+        raise ConfigError(
+            f"{path}: a number is out of range (thousands of digits); no config value is that large"
+        ) from None

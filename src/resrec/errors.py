@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+ECHO_LIMIT = 40
+"""The most characters of a bad value that an error message repeats."""
+
 
 class ResrecError(Exception):
     """Base class of every error caused by input, configuration or environment.
@@ -62,7 +65,7 @@ def _location(
         return ""
     where = ":".join(str(p) for p in parts)
     if column_name is not None:
-        where += f" ({column_name})"
+        where += f" ({shorten(column_name)})"
     return where + ": "
 
 
@@ -95,3 +98,36 @@ class ResrecWarning(UserWarning):
 
 class DataWarning(ResrecWarning):
     """Something in the data worth knowing that does not stop the run."""
+
+
+def shorten(text: str, limit: int = ECHO_LIMIT) -> str:
+    """``text`` as an error message repeats it: cut after ``limit`` characters.
+
+    A longer value keeps its first ``limit`` characters, followed by an
+    ellipsis and its length, so a runaway field cannot flood the terminal.
+    """
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text):,} characters)"
+
+
+def quoted(text: str, limit: int = ECHO_LIMIT) -> str:
+    """``repr(text)`` as an error message repeats it, cut like :func:`shorten`."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text):,} characters)"
+
+
+def echoed(value: object, limit: int = ECHO_LIMIT) -> str:
+    """Any value as an error message repeats it: :func:`quoted` for text, else its repr, cut.
+
+    An integer with more digits than Python converts to text is described
+    instead of printed.
+    """
+    if isinstance(value, str):
+        return quoted(value, limit)
+    try:
+        text = repr(value)
+    except ValueError:
+        return "a number too long to print"
+    return shorten(text, limit)

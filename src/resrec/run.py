@@ -266,6 +266,18 @@ def staging_path(target: Path) -> Path:
     return target.with_name(target.name + PARTIAL_SUFFIX)
 
 
+@dataclass(frozen=True)
+class OutputKind:
+    """A folder a command writes as a whole: what it is called, and the files that mark it."""
+
+    noun: str  # "run"
+    label: str  # "run directory"
+    markers: tuple[str, ...]  # files every such folder holds
+
+
+RUN_OUTPUT = OutputKind("run", "run directory", ("config.json", "checksums.json"))
+
+
 def check_run_target(target: Path, *, overwrite: bool) -> None:
     """Refuse an output path that cannot hold a run, or that must not be replaced.
 
@@ -274,21 +286,31 @@ def check_run_target(target: Path, *, overwrite: bool) -> None:
     directory or a folder above it, so a mistyped ``--out`` cannot delete
     other files.
     """
+    check_output_folder(target, overwrite=overwrite, kind=RUN_OUTPUT)
+
+
+def check_output_folder(target: Path, *, overwrite: bool, kind: OutputKind) -> None:
+    """Refuse a ``--out`` folder that cannot hold ``kind``, or that must not be replaced.
+
+    The folder must not exist, unless ``overwrite`` is given and it is itself
+    a folder of that kind (it holds every one of ``kind.markers``); the
+    working directory and the folders above it are never replaced.
+    """
     if target.name in ("", ".", "..") or target.resolve() == Path(target.anchor or "/").resolve():
         raise ConfigError(
-            f"--out must name a new folder for the run; got {str(target)!r}",
-            hint="for example --out runs/my-run",
+            f"--out must name a new folder for the {kind.noun}; got {str(target)!r}",
+            hint=f"for example --out runs/my-{kind.noun}",
         )
     if not target.exists() and not target.is_symlink():
         return
     if not target.is_dir():
         raise ConfigError(
-            f"{target} exists and is not a folder; a run is a folder",
+            f"{target} exists and is not a folder; a {kind.noun} is a folder",
             hint="choose another --out",
         )
     if not overwrite:
         raise ConfigError(
-            f"run directory {target} already exists",
+            f"{kind.label} {target} already exists",
             hint="choose another --out or pass --overwrite",
         )
     here = Path.cwd().resolve()
@@ -298,10 +320,10 @@ def check_run_target(target: Path, *, overwrite: bool) -> None:
             f"refusing to replace {target}: it is the working directory or a folder above it",
             hint="choose another --out",
         )
-    if not ((target / "config.json").is_file() and (target / "checksums.json").is_file()):
+    if not all((target / name).is_file() for name in kind.markers):
         raise ConfigError(
-            f"refusing to replace {target}: it is not a resrec run "
-            "(no config.json and checksums.json), and --overwrite replaces only runs",
+            f"refusing to replace {target}: it is not a resrec {kind.noun} "
+            f"(no {' and '.join(kind.markers)}), and --overwrite replaces only {kind.noun}s",
             hint="choose another --out, or move the folder away yourself",
         )
 

@@ -8,6 +8,12 @@ from pathlib import Path
 from resrec.data.ratings import Ratings, RatingScale
 from resrec.errors import ConfigError
 
+DUPLICATES_HELP = (
+    "A (user, movie) pair rated twice: 'error' stops; 'last' keeps the later line; 'mean' "
+    "keeps their mean rounded to the nearest step of the rating scale (halfway: the higher "
+    "step, so 3 and 4.5 give 4)."
+)
+
 
 @dataclass
 class RatingsOptions:

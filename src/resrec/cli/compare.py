@@ -10,12 +10,13 @@ from typing import Annotated, Any
 import typer
 
 from resrec.cli.app import app
-from resrec.cli.common import RatingsOptions, load_ratings_from_options
+from resrec.cli.common import DUPLICATES_HELP, RatingsOptions, load_ratings_from_options
 from resrec.cli.train import resolve_config
-from resrec.compare import MODEL_KINDS, compare
+from resrec.compare import COMPARISON_OUTPUT, MODEL_KINDS, compare
 from resrec.config import PRESETS, load_config_file
 from resrec.data.ratings import Ratings
 from resrec.errors import ConfigError
+from resrec.run import check_output_folder
 
 log = logging.getLogger("resrec.cli")
 
@@ -32,7 +33,7 @@ Header = Annotated[
 ]
 Columns = Annotated[str | None, Opt(help="Roles of a delimited file's fields.")]
 Scale = Annotated[str | None, Opt(help="Rating scale LOW:HIGH:STEP (default: detected).")]
-Duplicates = Annotated[str, Opt(help="A pair rated twice: 'error', 'last' or 'mean'.")]
+Duplicates = Annotated[str, Opt(help=DUPLICATES_HELP)]
 PresetName = Annotated[str, Opt("--preset", help=f"Named hyperparameters: {', '.join(PRESETS)}.")]
 ConfigFile = Annotated[
     Path | None, Opt("--config", help="JSON file of config fields (e.g. from 'resrec tune').")
@@ -71,14 +72,19 @@ def compare_command(
     coverage_users: Annotated[
         int | None, Opt(min=1, help="Users sampled for catalogue coverage (default: all).")
     ] = None,
-    out: Annotated[Path | None, Opt(help="Folder for the tables and the plot.")] = None,
+    out: Annotated[
+        Path | None,
+        Opt(help="New folder for the tables and the plot (default runs/compare-TIME)."),
+    ] = None,
+    overwrite: Annotated[bool, Opt(help="Replace an earlier comparison at OUT.")] = False,
     save_runs: Annotated[bool, Opt(help="Also write every run directory under OUT/runs.")] = False,
 ) -> None:
     """Train several models on the same seeded splits; write a table and an RMSE plot."""
     config = resolve_config(preset_name, config_file, {"epochs": epochs, "threads": threads})
+    out = out or Path("runs") / f"compare-{_stamp()}"
+    check_output_folder(out, overwrite=overwrite, kind=COMPARISON_OUTPUT)
     table = _read(ratings, dataset, layout, sep, header, columns, scale, duplicates)
     chosen = [m.strip() for m in models.split(",") if m.strip()]
-    out = out or Path("runs") / f"compare-{_stamp()}"
 
     result = compare(
         table,
@@ -92,6 +98,7 @@ def compare_command(
         coverage_users=coverage_users,
         out_dir=out,
         save_runs=save_runs,
+        overwrite=overwrite,
         on_run=_echo_run,
     )
     typer.echo(result.files["table_md"].read_text())

@@ -33,13 +33,24 @@ def synth(
     movies: Annotated[int, Opt(help="Number of movies.")] = 26_744,
     ratings: Annotated[int, Opt(help="Number of ratings.")] = 20_000_263,
     seed: Annotated[int, Opt(help="Random seed.")] = 0,
+    overwrite: Annotated[
+        bool, Opt(help="Replace ratings.csv and movies.csv if OUT already holds them.")
+    ] = False,
 ) -> None:
-    """Write a synthetic, MovieLens-shaped ratings.csv (defaults: the size of ML-20M)."""
+    """Write a synthetic, MovieLens-shaped ratings.csv (defaults: the size of ML-20M).
+
+    The sizes and OUT are checked before anything is written: an existing
+    ratings.csv or movies.csv is kept unless --overwrite is given.
+    """
     from resrec.data.synth import write_synthetic_csv
 
-    out.mkdir(parents=True, exist_ok=True)
     files = write_synthetic_csv(
-        out / "ratings.csv", n_users=users, n_movies=movies, n_ratings=ratings, seed=seed
+        out / "ratings.csv",
+        n_users=users,
+        n_movies=movies,
+        n_ratings=ratings,
+        seed=seed,
+        overwrite=overwrite,
     )
     typer.echo(f"wrote {files.n_ratings:,} synthetic ratings to {files.ratings}")
     typer.echo(f"wrote synthetic titles and genres to {files.movies}")

@@ -22,7 +22,7 @@ import typer
 from tqdm import tqdm
 
 from resrec.cli.app import app
-from resrec.cli.common import RatingsOptions, load_ratings_from_options
+from resrec.cli.common import DUPLICATES_HELP, RatingsOptions, load_ratings_from_options
 from resrec.config import PRESETS, TrainConfig, load_config_file, preset
 from resrec.data.ratings import Ratings
 from resrec.errors import ConfigError, DivergenceError, ResrecError
@@ -57,9 +57,7 @@ def train(
     scale: Annotated[
         str | None, Opt(help="Rating scale LOW:HIGH:STEP, e.g. 0.5:5:0.5 (default: detected).")
     ] = None,
-    duplicates: Annotated[
-        str, Opt(help="A (user, movie) pair rated twice: 'error', 'last' or 'mean'.")
-    ] = "error",
+    duplicates: Annotated[str, Opt(help=DUPLICATES_HELP)] = "error",
     preset_name: Annotated[
         str, Opt("--preset", help=f"Named hyperparameters: {', '.join(PRESETS)}.")
     ] = "tutorial",
@@ -103,7 +101,8 @@ def train(
         Path | None,
         Opt(
             help="Continue the interrupted training of run NAME (or NAME.partial) from its "
-            "last checkpoint; options given with it override its config."
+            "last checkpoint with its saved preset and config; options and --config given "
+            "with it override single fields."
         ),
     ] = None,
     nproc: Annotated[
@@ -156,7 +155,12 @@ def train(
         if resume is not None:
             if out is not None:
                 raise ConfigError("give either --resume NAME or --out NAME, not both")
-            job = _resume_job(resume, overrides, options if ratings or dataset else None)
+            given = _Given(
+                preset=preset_name if _given(ctx, "preset_name") else None,
+                config_file=config_file,
+                reading={name for name in _READING_OPTIONS if _given(ctx, name)},
+            )
+            job = _resume_job(resume, overrides, options, given)
         else:
             job = _new_job(preset_name, config_file, overrides, options, out, overwrite)
         show_bar = sys.stderr.isatty() if progress is None else progress
@@ -210,20 +214,36 @@ def _new_job(
     return open_run
 
 
+_READING_OPTIONS = ("layout", "sep", "header", "columns", "scale", "duplicates")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Given:
+    """What was given on the command line with ``--resume``, beyond single-field options."""
+
+    preset: str | None  # --preset, when given
+    config_file: Path | None
+    reading: set[str]  # names of the reading options given (--layout, --sep, ...)
+
+
 def _resume_job(
-    path: Path, overrides: dict[str, Any], options: RatingsOptions | None
+    path: Path, overrides: dict[str, Any], options: RatingsOptions, given: _Given
 ) -> Callable[[], _Job]:
     def reopen_run() -> _Job:
         staged = StagedRun.reopen(path)
         info = staged.read_info()
-        config = TrainConfig.from_dict(info["config"])
-        config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
         data = info["data"]
+        saved_preset = str(data.get("preset", ""))
+        _check_same_preset(given.preset, saved_preset, staged.target)
+        config = TrainConfig.from_dict(info["config"])
+        if given.config_file is not None:
+            config = config.replace(**load_config_file(given.config_file))
+        config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
         checkpoint = load_checkpoint(staged.checkpoint) if staged.has_checkpoint() else None
         return _Job(
             config=config,
-            options=options or _options_from(data["read_options"]),
-            preset=str(data.get("preset", "")),
+            options=_resumed_options(_options_from(data["read_options"]), options, given.reading),
+            preset=saved_preset,
             target=staged.target,
             staging=staged.staging,
             sha256=data.get("sha256"),
@@ -232,6 +252,54 @@ def _resume_job(
         )
 
     return reopen_run
+
+
+def _given(ctx: Any, name: str) -> bool:
+    """Whether the option with parameter ``name`` was given, not left at its default."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def _check_same_preset(given: str | None, saved: str, target: Path) -> None:
+    """A --preset given with --resume must be the one the run was started with."""
+    if given is None or given == saved:
+        return
+    preset(given)  # an unknown name gets the usual message
+    raise ConfigError(
+        f"--preset {given} differs from the run's preset {saved!r}: --resume continues "
+        "with the saved preset and config",
+        hint=f"leave out --preset to continue the run, or start a new one with "
+        f"--preset {given} --out NAME; options such as --lr still change single fields",
+    )
+
+
+def _resumed_options(
+    saved: RatingsOptions, options: RatingsOptions, given: set[str]
+) -> RatingsOptions:
+    """The saved reading options, with the file moved if --ratings or --dataset is given.
+
+    Reading options decide the ratings, and so the split: one given with
+    ``--resume`` must equal the saved one.
+    """
+    for name in _READING_OPTIONS:
+        value, before = getattr(options, name), getattr(saved, name)
+        if name in given and value != before:
+            raise ConfigError(
+                f"{_option_text(name, value)} differs from the run's "
+                f"{_option_text(name, before)}: --resume reads the ratings as the run did",
+                hint="leave it out to continue the run, or start a new one",
+            )
+    if options.ratings is None and options.dataset is None:
+        return saved
+    return _absolute(dataclasses.replace(saved, ratings=options.ratings, dataset=options.dataset))
+
+
+def _option_text(name: str, value: object) -> str:
+    if value is None:
+        return f"--{name} (not given)"
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--no-{name}"
+    return f"--{name} {value}"
 
 
 def _run(

@@ -11,7 +11,8 @@
   names come from the sibling ``u.genre`` when present, else from the
   release's documented list.
 
-Files may be gzip-compressed. The genre list ``(no genres listed)`` becomes
+Files may be gzip-compressed; a file in another compressed or binary format
+is refused as such. The genre list ``(no genres listed)`` becomes
 an empty tuple. Every problem raises a :class:`~resrec.errors.DataError`
 naming the line and field.
 """
@@ -19,7 +20,6 @@ naming the line and field.
 from __future__ import annotations
 
 import csv
-import gzip
 import logging
 import re
 from dataclasses import dataclass, field
@@ -28,9 +28,12 @@ from typing import NoReturn
 
 import numpy as np
 
-from resrec.errors import DataError, UnknownIdError
+from resrec.data.sniff import GZIP_MAGIC, check_text, gunzip
+from resrec.errors import DataError, UnknownIdError, quoted, shorten
 
 logger = logging.getLogger(__name__)
+
+_INT64_MAX = np.iinfo(np.int64).max
 
 ML100K_GENRES: tuple[str, ...] = (
     "unknown",
@@ -151,8 +154,9 @@ def read_movies(path: str | Path) -> Movies:
     if not path.is_file():
         raise DataError("no such file", path=path)
     raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+    if raw[:2] == GZIP_MAGIC:
+        raw = gunzip(raw, path)
+    check_text(raw, path, start=3 if raw.startswith(b"\xef\xbb\xbf") else 0)
     if not raw.strip():
         raise DataError("empty file; expected movies", path=path, line=1)
 
@@ -216,16 +220,7 @@ class _Builder:
         self._line_of: dict[int, int] = {}
 
     def add(self, line: int, movie_id: str, title: str, genres: tuple[str, ...]) -> None:
-        text = movie_id.strip()
-        if not re.fullmatch(r"[0-9]+", text):
-            raise DataError(
-                f"expected a whole-number movie_id >= 0, found {movie_id!r}",
-                path=self.path,
-                line=line,
-                column=1,
-                column_name="movieId",
-            )
-        number = int(text)
+        number = self._movie_id(line, movie_id)
         if number in self._line_of:
             raise DataError(
                 f"movie_id {number} is listed again (first on line {self._line_of[number]})",
@@ -246,6 +241,20 @@ class _Builder:
         self.movie_id.append(number)
         self.title.append(title)
         self.genres.append(genres)
+
+    def _movie_id(self, line: int, movie_id: str) -> int:
+        text = movie_id.strip()
+        problem = None
+        if not re.fullmatch(r"[0-9]+", text):
+            problem = f"expected a whole-number movie_id >= 0, found {quoted(movie_id)}"
+        elif len(text.lstrip("0")) > len(str(_INT64_MAX)) or int(text) > _INT64_MAX:
+            problem = (
+                f"movie_id {shorten(text)} is out of range: too large for a 64-bit integer "
+                f"(at most {_INT64_MAX})"
+            )
+        if problem is not None:
+            raise DataError(problem, path=self.path, line=line, column=1, column_name="movieId")
+        return int(text)
 
     def build(self) -> Movies:
         if not self.title:
@@ -276,7 +285,7 @@ def _read_csv(path: Path, text: str) -> Movies:
     offset = len(header) - len(names)
     if [n.lower() for n in names] != ["movieid", "title", "genres"]:
         raise DataError(
-            f"expected the header movieId,title,genres, found {lines[0]!r}",
+            f"expected the header movieId,title,genres, found {quoted(lines[0])}",
             path=path,
             line=1,
             column=1,
@@ -320,7 +329,7 @@ def _read_item(path: Path, text: str) -> Movies:
         for column, flag in enumerate(flags, start=6):
             if flag.strip() not in ("0", "1"):
                 raise DataError(
-                    f"expected a genre flag 0 or 1, found {flag!r}",
+                    f"expected a genre flag 0 or 1, found {quoted(flag)}",
                     path=path,
                     line=number,
                     column=column,
@@ -336,14 +345,19 @@ def _item_genres(item_path: Path) -> tuple[str, ...]:
     genre_path = item_path.parent / "u.genre"
     if not genre_path.is_file():
         return ML100K_GENRES
+    raw = genre_path.read_bytes()
+    check_text(raw, genre_path, accepted="plain text")
     pairs = []
-    for number, line in enumerate(genre_path.read_text("latin-1").splitlines(), start=1):
+    for number, line in enumerate(raw.decode("latin-1").splitlines(), start=1):
         if not line.strip():
             continue
         name, _, index = line.rpartition("|")
-        if not name or not index.strip().isdigit():
+        if not name or not re.fullmatch(r"[0-9]{1,9}", index.strip()):
             raise DataError(
-                f"expected 'genre|index', found {line!r}", path=genre_path, line=number, column=1
+                f"expected 'genre|index' with a small whole-number index, found {quoted(line)}",
+                path=genre_path,
+                line=number,
+                column=1,
             )
         pairs.append((int(index), name))
     return tuple(name for _, name in sorted(pairs))

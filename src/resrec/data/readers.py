@@ -30,7 +30,9 @@ name and first lines; naming one forces it):
 
 Files may be gzip-compressed (recognised by their first bytes, whatever
 their name), start with a UTF-8 byte order mark, and end lines with LF, CRLF
-or CR.
+or CR. A file compressed otherwise (bz2, xz, zstd, zip ...) is refused
+naming its format, and any other binary file by the position of its first
+NUL byte (:mod:`resrec.data.sniff`).
 
 Validation
 ----------
@@ -40,11 +42,14 @@ line (of the decompressed text), the 1-based field and its name, and what was
 expected there; when a file has several problems, the one on the earliest
 line is reported. Checked, line by line: the number of fields, empty
 fields and missing value markers (``\\N``, ``NULL``, ``NA``, ``nan`` ...),
-ids that are not whole numbers >= 0, ratings off the scale or between its
-steps, negative timestamps and unreadable dates, a header where the layout
-has none and the reverse, header names, and columns that look swapped (ids
-where the ratings should be). Once every line passes, a (user_id, movie_id)
+ids that are not whole numbers >= 0 or do not fit 64 bits (however many
+digits they have), ratings off the scale or between its steps, negative
+timestamps and unreadable dates, a header where the layout has none and the
+reverse, header names, and columns that look swapped (ids where the ratings
+should be). Once every line passes, a (user_id, movie_id)
 pair rated on two lines is reported at the first repeat, naming both lines.
+A message repeats at most 40 characters of a bad value, followed by its
+length.
 
 Speed
 -----
@@ -72,6 +77,7 @@ import datetime
 import gzip
 import hashlib
 import logging
+import math
 import mmap
 import re
 import threading
@@ -88,7 +94,8 @@ import pyarrow.csv as pacsv
 
 from resrec.data import cache as parse_cache
 from resrec.data.ratings import HALF_STARS, WHOLE_STARS, Ratings, RatingScale
-from resrec.errors import ConfigError, DataError
+from resrec.data.sniff import GZIP_MAGIC, check_text, gunzip
+from resrec.errors import ECHO_LIMIT, ConfigError, DataError, quoted, shorten
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +107,7 @@ LAYOUTS: tuple[str, ...] = get_args(Layout)
 ROLES: tuple[str, ...] = get_args(Role)
 DUPLICATES: tuple[str, ...] = get_args(Duplicates)
 
-READER_VERSION = 1
+READER_VERSION = 2
 """Part of every cache key; bump it when the reader's output changes."""
 
 _ML_HEADER = ("userId", "movieId", "rating", "timestamp")
@@ -117,6 +124,8 @@ _MISSING = {"\\n", "null", "na", "n/a", "#n/a", "nan", "-nan", "+nan", "none", "
 _NOT_FINITE = {"inf", "-inf", "+inf", "infinity", "-infinity", "+infinity"}
 _BLANKS = " \t"
 _INT64_MAX = np.iinfo(np.int64).max
+_INT64_DIGITS = len(str(_INT64_MAX))
+_TOO_LARGE = f"too large for a 64-bit integer (at most {_INT64_MAX})"
 
 _HEADER_ROLES = {
     "userid": "user_id",
@@ -194,10 +203,11 @@ def read_ratings(
         What to do when a (user_id, movie_id) pair is rated on more than one
         line. ``"error"`` raises, naming both lines. ``"last"`` keeps the
         later line. ``"mean"`` keeps one row, in the place and with the
-        timestamp of the pair's last line, holding the mean of its ratings;
-        the mean is kept as is, not rounded, so it may fall between the
-        scale's steps (never outside its range). A note records how many
-        pairs were merged.
+        timestamp of the pair's last line, holding the mean of its ratings
+        rounded to the nearest step of the scale, a mean halfway between two
+        steps going to the higher one (3.0 and 4.5 give 4.0 on the half-star
+        scale; 4 and 5 give 5 on the whole-star scale), so every rating stays
+        on the scale. A note records how many pairs were merged.
     cache : bool
         Load the parsed table from the parse cache when the file and options
         are unchanged since it was stored, and store it after parsing.
@@ -254,13 +264,22 @@ def detect_layout(path: str | Path) -> str:
     path = Path(path)
     with open(path, "rb") as file:
         start = file.read(_HEAD_BYTES)
-    if start[:2] == b"\x1f\x8b":
-        with gzip.open(path, "rb") as file:
-            start = file.read(_HEAD_BYTES)
+    if start[:2] == GZIP_MAGIC:
+        start = _gunzip_head(path)
+    check_text(start, path, start=_bom_length(start))
     lines = _head_lines(start, _bom_length(start), whole=len(start) < _HEAD_BYTES)
     if not lines:
         raise DataError("empty file; expected ratings", path=path, line=1)
     return _detect(path, lines)
+
+
+def _gunzip_head(path: Path) -> bytes:
+    """The first ``_HEAD_BYTES`` of a gzip file, decompressed."""
+    try:
+        with gzip.open(path, "rb") as file:
+            return file.read(_HEAD_BYTES)
+    except (OSError, EOFError, zlib.error) as error:
+        raise DataError(f"not a readable gzip file ({error})", path=path) from None
 
 
 # --------------------------------------------------------------------------- options
@@ -341,6 +360,11 @@ class _Spec:
         return self.roles.index(role)
 
     @property
+    def listed(self) -> str:
+        """The field names, comma-separated, each cut short for messages."""
+        return ",".join(shorten(name) for name in self.names)
+
+    @property
     def active(self) -> list[tuple[int, str]]:
         return [(i, role) for i, role in enumerate(self.roles) if role != "-"]
 
@@ -399,7 +423,7 @@ def _plan_header_csv(path: Path, layout: str, first: str) -> _Spec:
     shown = ",".join(expected)
     if all(_FLOAT.fullmatch(f.strip(_BLANKS)) for f in fields):
         raise DataError(
-            f"expected the header {shown}, found a line of numbers {first!r}",
+            f"expected the header {shown}, found a line of numbers {quoted(first)}",
             path=path,
             line=1,
             column=1,
@@ -419,7 +443,8 @@ def _plan_header_csv(path: Path, layout: str, first: str) -> _Spec:
             seen.add(key)
         else:
             raise DataError(
-                f"unexpected column name {name!r} in the header; layout {layout!r} expects {shown}",
+                f"unexpected column name {quoted(name)} in the header; layout {layout!r} expects "
+                f"{shown}",
                 path=path,
                 line=1,
                 column=i + 1,
@@ -498,7 +523,7 @@ def _plan_delimited(path: Path, lines: list[str], options: dict[str, object]) ->
             notes.append("first line read as a header: none of its fields is a number")
     elif header and all(_FLOAT.fullmatch(f.strip(_BLANKS)) for f in fields):
         raise DataError(
-            f"header=True, but the first line is a line of numbers {lines[0]!r}",
+            f"header=True, but the first line is a line of numbers {quoted(lines[0])}",
             path=path,
             line=1,
             column=1,
@@ -534,7 +559,7 @@ def _roles_from_header(path: Path, fields: list[str]) -> tuple[str, ...]:
         if roles.count(role) > 1 or (role != "timestamp" and role not in roles):
             found = ",".join(f.strip() for f in fields)
             raise DataError(
-                f"cannot tell which column of the header {found!r} holds the {role}",
+                f"cannot tell which column of the header {quoted(found)} holds the {role}",
                 path=path,
                 line=1,
                 hint="pass columns=... naming each field's role, e.g. "
@@ -619,25 +644,16 @@ def _load_bytes(path: Path) -> tuple[bytes | mmap.mmap, _Digest]:
         if size == 0:
             raise DataError("empty file; expected ratings", path=path, line=1)
         file.seek(0)
-        magic = file.read(4)
-        if magic[:2] == b"\x1f\x8b":
+        if file.read(2) == GZIP_MAGIC:
             file.seek(0)
             raw = file.read()
             digest = _Digest(raw)
-            try:
-                return gzip.decompress(raw), digest
-            except (OSError, EOFError, zlib.error) as error:
-                raise DataError(f"not a readable gzip file ({error})", path=path) from None
+            text = gunzip(raw, path)
+            check_text(text, path, start=_bom_length(text))
+            return text, digest
         data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
 
-    if magic == b"PK\x03\x04":
-        raise DataError(
-            "is a zip archive, not a ratings file",
-            path=path,
-            hint="unzip it and pass the ratings file inside, or use `resrec download`",
-        )
-    if magic[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        raise DataError("is UTF-16 text; save it as UTF-8", path=path)
+    check_text(data, path, start=_bom_length(data))
     return data, _Digest(data)
 
 
@@ -714,7 +730,7 @@ def _body(path: Path, data: bytes | mmap.mmap, spec: _Spec) -> _Body:
     if end <= start:
         where = "the file has a header but no ratings" if spec.header else "empty file"
         raise DataError(
-            f"{where}; expected lines of {len(spec.roles)} fields ({','.join(spec.names)})",
+            f"{where}; expected lines of {len(spec.roles)} fields ({spec.listed})",
             path=path,
             line=first_line,
             column=1,
@@ -757,7 +773,8 @@ def _parse_file(path: Path, options: dict[str, object]) -> Ratings:
 
     notes = list(spec.notes)
     scale = spec.scale or _infer_scale(columns["rating"], notes)
-    columns = _resolve_duplicates(columns, str(options["duplicates"]), checker, body, notes)
+    policy = str(options["duplicates"])
+    columns = _resolve_duplicates(columns, policy, scale, checker, body, notes)
     timestamp = columns.get("timestamp")
     return Ratings(
         user_id=columns["user_id"],
@@ -907,6 +924,8 @@ def _all_on_scale(rating: np.ndarray, scale: RatingScale) -> bool:
 
 def _on_scale(value: float, scale: RatingScale) -> bool:
     """One value's :meth:`RatingScale.on_scale`, without numpy's per-call cost."""
+    if not math.isfinite(value):
+        return False
     steps = (value - scale.low) / scale.step
     return abs(steps - round(steps)) < 1e-6 and scale.low - 1e-9 <= value <= scale.high + 1e-9
 
@@ -974,7 +993,7 @@ class _LineChecker:
         found = "a blank line" if not fields else f"{len(fields)} field" + "s" * (len(fields) > 1)
         column = min(len(fields), len(spec.roles))  # the first missing or extra field
         raise DataError(
-            f"expected {len(spec.roles)} fields ({','.join(spec.names)}) separated by "
+            f"expected {len(spec.roles)} fields ({spec.listed}) separated by "
             f"{spec.sep!r}, found {found}",
             path=self.path,
             line=line,
@@ -987,9 +1006,9 @@ class _LineChecker:
         if field.role == "timestamp" and self.spec.dates:
             seconds = _epoch_seconds(field.text)
             if seconds is None:
-                self.fail(field, "expected {expected}, found {text!r}")
+                self.fail(field, "expected {expected}, found {value}")
             if seconds < 0:
-                self.fail(field, "date {text!r} is before 1970; expected {expected}")
+                self.fail(field, "date {value} is before 1970; expected {expected}")
             return seconds
 
         text = field.text.strip(_BLANKS)
@@ -1003,30 +1022,31 @@ class _LineChecker:
 
     def _integer(self, field: _Field, text: str) -> int:
         if _INT.fullmatch(text):
-            number = int(text)
-            if number < 0:
-                self.fail(field, f"negative {field.role} {text}; expected {{expected}}")
-            if number > _INT64_MAX:
-                self.fail(field, "{text} is too large for a 64-bit integer")
-            return number
+            if text.startswith("-") and text.strip("-0"):
+                self.fail(field, f"negative {field.role} {{text}}; expected {{expected}}")
+            if len(text.lstrip("0")) > _INT64_DIGITS or int(text) > _INT64_MAX:
+                self.fail(field, f"{field.role} {{text}} is out of range: {_TOO_LARGE}")
+            return int(text)
 
         if _FLOAT.fullmatch(text):
-            self.fail(field, "expected {expected}, found {text!r}, which is not a whole number")
+            self.fail(field, "expected {expected}, found {value}, which is not a whole number")
         hint = None
         if field.role == "timestamp" and _DATE.fullmatch(text):
             hint = "these timestamps are date-times, as in the Kaggle copy of ML-20M: "
             hint += "pass layout='kaggle-csv'"
-        self.fail(field, "expected {expected}, found {text!r}", hint=hint)
+        self.fail(field, "expected {expected}, found {value}", hint=hint)
 
     def _rating(self, field: _Field, text: str) -> float:
         if not _FLOAT.fullmatch(text):
-            self.fail(field, "expected {expected}, found {text!r}")
+            self.fail(field, "expected {expected}, found {value}")
         value = float(text)
+        if not math.isfinite(value):
+            self.fail(field, "rating {text} is out of range; expected {expected}")
         if not _on_scale(value, self.scale):
             how = "was inferred" if self.spec.scale is None else "is the layout's"
             hint = f"the scale {how}; if the file uses another, pass scale='LOW:HIGH:STEP' "
             hint += "(--scale on the command line)"
-            self.fail(field, f"rating {text} is off the scale; expected {{expected}}", hint=hint)
+            self.fail(field, "rating {text} is off the scale; expected {expected}", hint=hint)
         return value
 
     def expected(self, role: str) -> str:
@@ -1044,6 +1064,9 @@ class _LineChecker:
     ) -> NoReturn:
         """Raise the DataError for ``field``; ``value``: it holds a wrong value, not none.
 
+        ``template`` may name ``{text}`` (the field, cut to a readable length),
+        ``{value}`` (the same, quoted) and ``{expected}``.
+
         A wrong value on the first line of a file without header may be a
         header, and wrong values may come from swapped columns: those get
         their own message.
@@ -1056,8 +1079,11 @@ class _LineChecker:
             if swapped is not None:
                 raise swapped
 
+        text = field.text.strip(_BLANKS)
         raise DataError(
-            template.format(text=field.text.strip(_BLANKS), expected=self.expected(field.role)),
+            template.format(
+                text=shorten(text), value=quoted(text), expected=self.expected(field.role)
+            ),
             path=self.path,
             line=field.line,
             column=field.column + 1,
@@ -1068,8 +1094,9 @@ class _LineChecker:
     def _raise_if_header(self, fields: list[str]) -> None:
         if not all(_is_word(fields[i]) for i, _ in self.spec.active):
             return
+        shown = shorten(", ".join(f.strip() for f in fields), 2 * ECHO_LIMIT)
         raise DataError(
-            f"the first line looks like a header ({', '.join(f.strip() for f in fields)}), "
+            f"the first line looks like a header ({shown}), "
             f"but layout {self.spec.layout!r} has none; "
             f"expected {self.expected(self.spec.roles[0])}",
             path=self.path,
@@ -1148,8 +1175,9 @@ def _swapped_columns(checker: _LineChecker) -> DataError | None:
     roles[rating_column], roles[fits] = roles[fits], roles[rating_column]
     line_no, text = off_scale[0]
     return DataError(
-        f"rating {text} is off the scale ({scale.describe()}), like most values in this field, "
-        f"while field {fits + 1} ({spec.names[fits]}) holds only values on it: "
+        f"rating {shorten(text)} is off the scale ({scale.describe()}), like most values in "
+        "this field, "
+        f"while field {fits + 1} ({shorten(spec.names[fits])}) holds only values on it: "
         "the columns look swapped",
         path=checker.path,
         line=line_no,
@@ -1167,6 +1195,7 @@ def _swapped_columns(checker: _LineChecker) -> DataError | None:
 def _resolve_duplicates(
     columns: dict[str, np.ndarray],
     policy: str,
+    scale: RatingScale,
     checker: _LineChecker,
     body: _Body,
     notes: list[str],
@@ -1206,15 +1235,28 @@ def _resolve_duplicates(
 
     if policy == "mean":
         group = np.cumsum(starts) - 1
-        sums = np.bincount(group, weights=columns["rating"][order])
-        counts = np.bincount(group)
-        result["rating"] = (sums / counts)[placement]
+        result["rating"] = _mean_on_scale(columns["rating"][order], group, scale)[placement]
     notes.append(
         f"{merged} repeated ratings of the same (user_id, movie_id) pair merged "
         f"(duplicates={policy!r})"
     )
     logger.info("%s: merged %d repeated ratings (duplicates=%r)", checker.path, merged, policy)
     return result
+
+
+def _mean_on_scale(rating: np.ndarray, group: np.ndarray, scale: RatingScale) -> np.ndarray:
+    """Each group's mean rating, rounded to the nearest step of ``scale``, ties upwards.
+
+    Ratings are counted in whole steps above ``scale.low``, so the sums and
+    the rounding are exact integer arithmetic: for a group of ``n`` ratings
+    with ``k`` steps in total, the mean is ``k / n`` steps and the nearest
+    step, ties up, is ``floor((2k + n) / 2n)``.
+    """
+    steps = np.rint((rating - scale.low) / scale.step).astype(np.int64)
+    total = np.bincount(group, weights=steps).astype(np.int64)  # exact below 2**53
+    count = np.bincount(group).astype(np.int64)
+    nearest = (2 * total + count) // (2 * count)
+    return scale.low + nearest * scale.step
 
 
 def _group_pairs(user: np.ndarray, movie: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

@@ -280,40 +280,105 @@ def write_synthetic_csv(
     rank: int = 10,
     min_user_ratings: int = 20,
     noise: float = DEFAULT_NOISE,
+    overwrite: bool = False,
 ) -> SyntheticFiles:
     """Write synthetic ``ratings.csv`` and ``movies.csv`` files in ML-20M's format.
 
     ``path`` is the ratings file to write, or an existing folder to write
     ``ratings.csv`` into; ``movies.csv`` goes beside it. The ratings file has
     the header ``userId,movieId,rating,timestamp`` and ratings written with one
-    decimal (``4.0``, ``3.5``). Each file is written under a temporary name and
-    renamed when complete. The other arguments are those of :func:`synthesize`.
-    """
-    ratings_path = Path(path)
-    if ratings_path.is_dir():
-        ratings_path = ratings_path / "ratings.csv"
-    movies_path = ratings_path.with_name("movies.csv")
-    if ratings_path.name == movies_path.name:
-        raise ConfigError(f"the ratings file cannot be named movies.csv; got {ratings_path}")
-    ratings_path.parent.mkdir(parents=True, exist_ok=True)
+    decimal (``4.0``, ``3.5``). The other arguments are those of
+    :func:`synthesize`.
 
-    ratings, truth = synthesize_with_truth(
-        n_users,
-        n_movies,
-        n_ratings,
-        seed=seed,
-        scale=scale,
-        rank=rank,
-        min_user_ratings=min_user_ratings,
-        noise=noise,
-    )
-    started = time.perf_counter()
-    _write_ratings_csv(ratings, ratings_path)
-    _write_movies_csv(truth, seed, movies_path)
+    Everything is checked before anything is created: the sizes, and that
+    neither file exists yet (``overwrite`` replaces them). Both files are
+    written under temporary names and renamed once both are complete; after an
+    error neither they nor a folder made for them is left behind.
+
+    Raises
+    ------
+    ConfigError
+        For sizes that cannot be met, an existing file without ``overwrite``,
+        or a target that cannot be written.
+    """
+    _check_sizes(n_users, n_movies, n_ratings, rank, min_user_ratings, noise)
+    ratings_path, movies_path = _output_paths(Path(path), overwrite=overwrite)
+    created = _make_folder(ratings_path.parent)
+    temporaries = [_temporary(ratings_path), _temporary(movies_path)]
+    try:
+        ratings, truth = synthesize_with_truth(
+            n_users,
+            n_movies,
+            n_ratings,
+            seed=seed,
+            scale=scale,
+            rank=rank,
+            min_user_ratings=min_user_ratings,
+            noise=noise,
+        )
+        started = time.perf_counter()
+        _write_ratings_csv(ratings, temporaries[0])
+        _write_movies_csv(truth, seed, temporaries[1])
+        os.replace(temporaries[0], ratings_path)
+        os.replace(temporaries[1], movies_path)
+    except BaseException as exc:
+        _clean_up(temporaries, created)
+        if isinstance(exc, OSError):
+            raise _write_error(exc, ratings_path.parent) from None
+        raise
     logger.info(
         "wrote %s and %s in %.1f s", ratings_path, movies_path, time.perf_counter() - started
     )
     return SyntheticFiles(ratings=ratings_path, movies=movies_path, n_ratings=len(ratings))
+
+
+def _output_paths(path: Path, *, overwrite: bool) -> tuple[Path, Path]:
+    """The ratings and movies files to write for ``path``; refuses what must not be replaced."""
+    ratings_path = path / "ratings.csv" if path.is_dir() else path
+    movies_path = ratings_path.with_name("movies.csv")
+    if ratings_path.name == movies_path.name:
+        raise ConfigError(f"the ratings file cannot be named movies.csv; got {ratings_path}")
+    folder = next((p for p in ratings_path.parents if p.exists()), None)
+    if folder is not None and not folder.is_dir():
+        raise ConfigError(f"{folder} exists and is not a folder", hint="choose another --out")
+    for target in (ratings_path, movies_path):
+        if target.is_dir():
+            raise ConfigError(f"{target} is a folder", hint="choose another --out")
+        if target.exists() and not overwrite:
+            raise ConfigError(
+                f"{target} already exists",
+                hint="choose another --out or pass --overwrite to replace it",
+            )
+    return ratings_path, movies_path
+
+
+def _make_folder(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; returns those created, innermost first."""
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _write_error(exc, folder) from None
+    return created
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.partial")
+
+
+def _clean_up(temporaries: list[Path], created: list[Path]) -> None:
+    """Remove the temporary files and the folders made for them (if still empty)."""
+    for temporary in temporaries:
+        temporary.unlink(missing_ok=True)
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+def _write_error(exc: OSError, path: Path) -> ConfigError:
+    return ConfigError(f"cannot write {path}: {exc.strerror or exc}", hint="choose another --out")
 
 
 def _random_streams(seed: int) -> dict[str, np.random.Generator]:
@@ -734,7 +799,7 @@ def _rating_labels(scale: RatingScale) -> list[str]:
 
 
 def _write_ratings_csv(ratings: Ratings, path: Path) -> None:
-    """Write ``userId,movieId,rating,timestamp`` with pyarrow, in chunks, then rename."""
+    """Write ``userId,movieId,rating,timestamp`` to ``path`` with pyarrow, in chunks."""
     import pyarrow as pa
     import pyarrow.csv as pa_csv
 
@@ -750,23 +815,18 @@ def _write_ratings_csv(ratings: Ratings, path: Path) -> None:
     )  # fmt: skip
     options = pa_csv.WriteOptions(include_header=False, quoting_style="none")
 
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with pa.OSFile(str(temporary), "wb") as sink:
-            sink.write(b"userId,movieId,rating,timestamp\n")
-            with pa_csv.CSVWriter(sink, schema, write_options=options) as writer:
-                for start in range(0, len(ratings), _CHUNK):
-                    rows = slice(start, start + _CHUNK)
-                    columns = [
-                        pa.array(ratings.user_id[rows]),
-                        pa.array(ratings.movie_id[rows]),
-                        labels.take(pa.array(level[rows])),
-                        pa.array(timestamp[rows]),
-                    ]
-                    writer.write_batch(pa.record_batch(columns, schema=schema))
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with pa.OSFile(str(path), "wb") as sink:
+        sink.write(b"userId,movieId,rating,timestamp\n")
+        with pa_csv.CSVWriter(sink, schema, write_options=options) as writer:
+            for start in range(0, len(ratings), _CHUNK):
+                rows = slice(start, start + _CHUNK)
+                columns = [
+                    pa.array(ratings.user_id[rows]),
+                    pa.array(ratings.movie_id[rows]),
+                    labels.take(pa.array(level[rows])),
+                    pa.array(timestamp[rows]),
+                ]
+                writer.write_batch(pa.record_batch(columns, schema=schema))
 
 
 def _write_movies_csv(model: PlantedModel, seed: int, path: Path) -> None:
@@ -788,16 +848,9 @@ def _write_movies_csv(model: PlantedModel, seed: int, path: Path) -> None:
     n_genres = rng.choice([1, 2, 3], size=n_movies, p=[0.4, 0.35, 0.25])
     ranked = np.argsort(-affinity, axis=1)
 
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with open(temporary, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(["movieId", "title", "genres"])
-            for i in range(n_movies):
-                genres = "|".join(sorted(GENRES[g] for g in ranked[i, : n_genres[i]]))
-                writer.writerow(
-                    [movie_ids[i], f"Synthetic movie {movie_ids[i]} ({year[i]})", genres]
-                )
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["movieId", "title", "genres"])
+        for i in range(n_movies):
+            genres = "|".join(sorted(GENRES[g] for g in ranked[i, : n_genres[i]]))
+            writer.writerow([movie_ids[i], f"Synthetic movie {movie_ids[i]} ({year[i]})", genres])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -16,7 +17,14 @@ import torch
 from torch import Tensor
 
 from resrec.data.ratings import RatingScale
-from resrec.errors import ConfigError, DataError, ModelFileError, UnknownIdError
+from resrec.errors import (
+    ConfigError,
+    DataError,
+    ModelFileError,
+    UnknownIdError,
+    quoted,
+    shorten,
+)
 from resrec.ids import IdMap
 from resrec.inference.pairs import PairScorer
 from resrec.inference.results import (
@@ -32,7 +40,7 @@ from resrec.inference.results import (
     SimilarMovie,
     SimilarMovies,
 )
-from resrec.inference.scoring import _score_csv
+from resrec.inference.scoring import _bounded_int, _score_csv
 from resrec.inference.side import SideBounds, _SideBranch
 
 if TYPE_CHECKING:
@@ -897,7 +905,8 @@ def _rating_arrays(
         raise ConfigError("no ratings given; a new user needs at least one rating")
     too_big = [m for m, _ in pairs if not -(2**63) <= int(m) < 2**63]
     if too_big:
-        raise UnknownIdError(f"unknown movie_id {too_big[0]}: it does not occur in the model")
+        shown = shorten(str(too_big[0]))
+        raise UnknownIdError(f"unknown movie_id {shown}: it does not occur in the model")
     movie_ids = np.asarray([int(m) for m, _ in pairs], dtype=np.int64)
     values = np.asarray([float(r) for _, r in pairs], dtype=np.float64)
     unique, counts = np.unique(movie_ids, return_counts=True)
@@ -910,17 +919,27 @@ def parse_rated(text: str) -> list[tuple[int, float]]:
     """Parse ``"movie:rating,movie:rating,..."`` (the CLI's ``--rated``)."""
     pairs = []
     for number, item in enumerate(text.split(","), start=1):
-        movie, sep, rating = item.strip().partition(":")
-        try:
-            if not sep:
-                raise ValueError
-            pairs.append((int(movie), float(rating)))
-        except ValueError:
+        movie, sep, rating = (part.strip() for part in item.strip().partition(":"))
+        if not (sep and re.fullmatch(r"[+-]?[0-9]+", movie) and _is_number(rating)):
             raise ConfigError(
-                f"--rated item {number} is {item.strip()!r}; expected MOVIE_ID:RATING, "
+                f"--rated item {number} is {quoted(item.strip())}; expected MOVIE_ID:RATING, "
                 "e.g. '50:5,172:4.5'"
-            ) from None
+            )
+        if _bounded_int(movie) >= 2**63 or _bounded_int(movie) < -(2**63):
+            raise ConfigError(
+                f"--rated item {number}: movie_id {quoted(movie)} is out of range: "
+                "ids are 64-bit integers"
+            )
+        pairs.append((int(movie), float(rating)))
     return pairs
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _metadata_rows(movie_map: IdMap, movies: Movies | None) -> np.ndarray:

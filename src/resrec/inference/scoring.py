@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import mmap
 import queue
+import re
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -11,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from resrec.errors import DataError
+from resrec.errors import ECHO_LIMIT, DataError, quoted, shorten
 from resrec.inference.results import ScoreReport
 
 if TYPE_CHECKING:
@@ -182,6 +184,7 @@ def _read_ahead(reader: Iterable[Any], depth: int = 2) -> Iterator[Any]:
 def _csv_header(src: Path) -> list[str]:
     if not src.is_file():
         raise DataError("no such file", path=src)
+    _check_pairs_text(src)
     with open(src, encoding="utf-8-sig", errors="replace") as f:
         first = f.readline().rstrip("\r\n")
     if not first:
@@ -191,13 +194,25 @@ def _csv_header(src: Path) -> list[str]:
     return [name.strip().strip('"') for name in first.split(",")]
 
 
+def _check_pairs_text(src: Path) -> None:
+    """Refuse a compressed or binary pairs file before the CSV parser sees it."""
+    from resrec.data.sniff import check_text
+
+    with open(src, "rb") as file:
+        if file.seek(0, 2) == 0:
+            return  # empty: the header check says so
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            bom = 3 if data[:3] == b"\xef\xbb\xbf" else 0
+            check_text(data, src, accepted="plain text CSV", start=bom)
+
+
 def _pick_column(header: list[str], names: Sequence[str], role: str, src: Path) -> str:
     for name in names:
         if name in header:
             return name
     raise DataError(
         f"the header names no {role} column; expected one of {', '.join(names)}, "
-        f"found {', '.join(header)}",
+        f"found {shorten(', '.join(header), 2 * ECHO_LIMIT)}",
         path=src,
         line=1,
     )
@@ -235,9 +250,18 @@ def _id_problem(batch: Any, row: int) -> str:
         return "empty line"
     for name, value in zip(batch.schema.names, values, strict=True):
         text = value.strip()
-        if not (text.lstrip("+-").isdigit() and len(text) <= 19):
-            return f"{name} {value!r} is not a whole number"
+        if not re.fullmatch(r"[+-]?[0-9]+", text):
+            return f"{name} {quoted(value)} is not a whole number"
+        if not -(2**63) <= _bounded_int(text) < 2**63:
+            return f"{name} {quoted(text)} is out of range: ids are 64-bit integers"
     return "ids out of range"
+
+
+def _bounded_int(text: str) -> int:
+    """The value of a signed digit string, or 2**63 for one too long to be an id."""
+    if len(text.lstrip("+-").lstrip("0")) > 19:
+        return 2**63
+    return int(text)
 
 
 def _score_batch(
