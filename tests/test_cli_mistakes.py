@@ -491,3 +491,19 @@ def test_resume_refuses_a_different_reading_option(
     _clean_error(_resume(out, "--duplicates", "mean"), "--duplicates mean differs from the run's")
     _clean_error(_resume(out, "--sep", ";"), "--sep ; differs from the run's --sep (not given)")
     assert _resume(out, "--ratings", str(udata_file), "--duplicates", "error").exit_code == 0
+
+
+def test_tune_refuses_to_replace_an_existing_file_without_overwrite(
+    udata_file: Path, tmp_path: Path
+) -> None:
+    best = tmp_path / "best.json"
+    best.write_text('{"kept": true}')
+    result = runner.invoke(
+        app, ["tune", "--ratings", str(udata_file), "--trials", "1", "--out", str(best)]
+    )
+    _clean_error(result, "already exists")
+    assert best.read_text() == '{"kept": true}'
+    folder = runner.invoke(
+        app, ["tune", "--ratings", str(udata_file), "--trials", "1", "--out", str(tmp_path)]
+    )
+    _clean_error(folder, "is a folder")

@@ -154,5 +154,9 @@ def test_score_reports_bad_lines(run_dir: Path, tmp_path: Path) -> None:
     assert f"{pairs}:4: unknown user_id 424242" in result.output
     assert out.read_text().splitlines()[0] == "user_id,movie_id,prediction"
 
-    strict = invoke("score", run_dir, "--pairs", pairs, "--out", out, "--fail-on-bad")
+    again = invoke("score", run_dir, "--pairs", pairs, "--out", out)
+    assert again.exit_code == 1 and "already exists" in again.output
+    strict = invoke(
+        "score", run_dir, "--pairs", pairs, "--out", out, "--fail-on-bad", "--overwrite"
+    )
     assert strict.exit_code == 1

@@ -48,3 +48,13 @@ def load_ratings_from_options(options: RatingsOptions) -> Ratings:
         scale=None if options.scale is None else RatingScale.parse(options.scale),
         duplicates=options.duplicates,  # type: ignore[arg-type]
     )
+
+
+def check_output_file(target: Path, *, overwrite: bool, what: str) -> None:
+    """Refuse an ``--out`` file that exists (unless ``overwrite``) or is a folder."""
+    if target.is_dir():
+        raise ConfigError(f"--out {target} is a folder; expected a file name for the {what}")
+    if (target.exists() or target.is_symlink()) and not overwrite:
+        raise ConfigError(
+            f"--out {target} already exists", hint="choose another --out or pass --overwrite"
+        )

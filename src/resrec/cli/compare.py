@@ -10,7 +10,12 @@ from typing import Annotated, Any
 import typer
 
 from resrec.cli.app import app
-from resrec.cli.common import DUPLICATES_HELP, RatingsOptions, load_ratings_from_options
+from resrec.cli.common import (
+    DUPLICATES_HELP,
+    RatingsOptions,
+    check_output_file,
+    load_ratings_from_options,
+)
 from resrec.cli.train import resolve_config
 from resrec.compare import COMPARISON_OUTPUT, MODEL_KINDS, compare
 from resrec.config import PRESETS, load_config_file
@@ -126,12 +131,14 @@ def tune_command(
     epochs: Epochs = None,
     threads: Threads = None,
     out: Annotated[Path, Opt(help="JSON file for the best config.")] = Path("best-config.json"),
+    overwrite: Annotated[bool, Opt(help="Replace an existing file at --out.")] = False,
 ) -> None:
     """Search hyperparameters on validation RMSE (needs Optuna) and write the best config."""
     from resrec.tune import tune
 
     overrides: dict[str, Any] = {"model": model, "epochs": epochs, "threads": threads}
     config = resolve_config(preset_name, config_file, overrides)
+    check_output_file(out, overwrite=overwrite, what="best config")
     table = _read(ratings, dataset, layout, sep, header, columns, scale, duplicates)
 
     result = tune(table, config=config, trials=trials, timeout=timeout, seed=seed, out=out)

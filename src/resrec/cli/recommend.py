@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from resrec.cli.app import app
+from resrec.cli.common import check_output_file
 from resrec.errors import ConfigError
 from resrec.inference import (
     Explanation,
@@ -185,6 +186,7 @@ def score(
     fail_on_bad: Annotated[
         bool, Opt("--fail-on-bad", help="Exit with status 1 when any row was bad.")
     ] = False,
+    overwrite: Annotated[bool, Opt(help="Replace an existing file at --out.")] = False,
 ) -> None:
     """Predict every (user_id, movie_id) row of a CSV file, streaming; report bad rows by line.
 
@@ -192,6 +194,12 @@ def score(
     unknown id without --fallback) is left out of the output and listed with
     its line number.
     """
+    if out.exists() and pairs.exists() and out.resolve() == pairs.resolve():
+        raise ConfigError(
+            f"--out {out} is the --pairs file itself; it would be overwritten",
+            hint="write the predictions to another file",
+        )
+    check_output_file(out, overwrite=overwrite, what="predictions")
     rec = _load(run, None)
     report = rec.score_file(pairs, out, fallback=fallback, max_reported=max(show_bad, 1))
     rate = report.scored / report.seconds if report.seconds > 0 else float("inf")
