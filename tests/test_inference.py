@@ -645,3 +645,71 @@ def test_bounds_are_built_after_a_few_queries(rec: Recommender, run_dir: Path) -
     assert fresh._bounds is not None
     assert answers[-1] == rec.recommend(1 + 19 % 40, 5)
     assert [i.movie.movie_id for i in answers[-1].items] == brute_force_top(fresh, 20, 5, False)
+
+
+# --------------------------------------------------------------------------- odd pairs files
+
+
+def test_score_file_reads_signs_and_refuses_hex_and_bad_utf8(
+    rec: Recommender, tmp_path: Path
+) -> None:
+    src = tmp_path / "pairs.csv"
+    src.write_bytes(
+        b"user_id,movie_id\n"  # line 1
+        b"+1,2\n"  # 2: a plus sign is fine
+        b"0x10,2\n"  # 3: hexadecimal is not read as 16
+        b"\xff\xfe,2\n"  # 4: not UTF-8
+        b"1,0X1A\n"  # 5
+        b"9223372036854775807,2\n"  # 6: the largest int64, unknown here
+        b"9223372036854775808,2\n"  # 7: one beyond
+        b"3,8\n"  # 8
+    )
+    report = rec.score_file(src, tmp_path / "out.csv")
+    reasons = dict(report.bad_rows)
+    assert report.scored == 2 and sorted(reasons) == [3, 4, 5, 6, 7]
+    assert "user_id '0x10' is not a whole number" in reasons[3]
+    assert "not valid UTF-8" in reasons[4]
+    assert "movie_id '0X1A' is not a whole number" in reasons[5]
+    assert reasons[6] == "unknown user_id 9223372036854775807"
+    assert "out of range" in reasons[7]
+    rows = (tmp_path / "out.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[:2] for r in rows] == [["1", "2"], ["3", "8"]]
+
+
+def test_score_file_refuses_a_quoted_line_break_at_its_line(
+    rec: Recommender, tmp_path: Path
+) -> None:
+    src = tmp_path / "pairs.csv"
+    src.write_text('user_id,movie_id\n1,2\n"3\n",8\n4,11\n')
+    out = tmp_path / "out.csv"
+    with pytest.raises(DataError, match="line break") as error:
+        rec.score_file(src, out)
+    assert error.value.line == 3
+    assert not out.exists() and list(tmp_path.iterdir()) == [src]
+
+
+def test_score_file_refuses_two_user_columns(rec: Recommender, tmp_path: Path) -> None:
+    src = tmp_path / "pairs.csv"
+    src.write_text("userId,movieId,user_id\n1,2,3\n")
+    with pytest.raises(DataError, match=r"more than one user_id column \(user_id, userId\)"):
+        rec.score_file(src, tmp_path / "out.csv")
+
+
+def test_score_file_reads_gzip_and_names_folders(rec: Recommender, tmp_path: Path) -> None:
+    import gzip
+
+    src = tmp_path / "pairs.csv.gz"
+    src.write_bytes(gzip.compress(b"user_id,movie_id\n1,2\n3,8\n"))
+    report = rec.score_file(src, tmp_path / "out.csv")
+    assert report.scored == 2 and report.bad == 0
+    with pytest.raises(DataError, match="is a folder"):
+        rec.score_file(tmp_path, tmp_path / "o.csv")
+
+
+def test_score_file_unwritable_output_is_a_clean_error(rec: Recommender, tmp_path: Path) -> None:
+    src = tmp_path / "pairs.csv"
+    src.write_text("user_id,movie_id\n1,2\n")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="cannot write --out"):
+        rec.score_file(src, blocker / "out.csv")

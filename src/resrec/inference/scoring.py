@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import mmap
 import queue
 import re
 import threading
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from resrec.errors import ECHO_LIMIT, DataError, quoted, shorten
+from resrec.errors import ECHO_LIMIT, ConfigError, DataError, quoted, shorten
 from resrec.inference.results import ScoreReport
 
 if TYPE_CHECKING:
@@ -39,8 +41,9 @@ def _score_csv(
         _pick_column(header, _MOVIE_COLUMNS, "movie_id", src),
     )
     lines = _LineTracker()
+    compression = "gzip" if _is_gzip(src) else None
     reader = pacsv.open_csv(
-        src,
+        pa.input_stream(str(src), compression=compression),
         read_options=pacsv.ReadOptions(use_threads=False, block_size=_CSV_BLOCK),
         parse_options=pacsv.ParseOptions(
             invalid_row_handler=lines.on_invalid, ignore_empty_lines=False
@@ -49,14 +52,18 @@ def _score_csv(
             include_columns=list(columns),
             column_types={name: pa.string() for name in columns},
             strings_can_be_null=False,
+            check_utf8=False,  # a row that is not UTF-8 is a bad row, reported by line
         ),
     )
     report = ScoreReport()
-    dst.parent.mkdir(parents=True, exist_ok=True)
     partial = dst.with_name(f".{dst.name}.partial")
     try:
-        with open(partial, "wb") as out:
-            _score_stream(rec, reader, out, columns, lines, fallback, report, max_reported)
+        out = _open_output(partial, dst)
+    except OSError as error:
+        raise ConfigError(f"cannot write --out {dst}: {error.strerror or error}") from None
+    try:
+        with out:
+            _score_stream(rec, reader, out, columns, lines, fallback, report, max_reported, src)
         for line, reason in lines.ready(None):
             _report_bad(report, line, reason, max_reported)
         partial.replace(dst)
@@ -76,6 +83,7 @@ def _score_stream(
     fallback: bool,
     report: ScoreReport,
     max_reported: int,
+    src: Path,
 ) -> None:
     """Score batch after batch; parsing, scoring and writing overlap in three threads."""
     import pyarrow as pa
@@ -93,8 +101,9 @@ def _score_stream(
     ):
         try:
             for batch in _read_ahead(reader):
-                users, movies, good = _batch_ids(batch, *columns)
                 numbers = lines.next_lines(batch.num_rows)
+                _refuse_line_breaks(batch, numbers, src)
+                users, movies, good = _batch_ids(batch, *columns)
                 report.rows += batch.num_rows
                 bad = [(int(numbers[r]), _id_problem(batch, int(r))) for r in np.flatnonzero(~good)]
                 table, unknown = _score_batch(
@@ -181,11 +190,26 @@ def _read_ahead(reader: Iterable[Any], depth: int = 2) -> Iterator[Any]:
         thread.join(timeout=5)
 
 
+def _open_output(partial: Path, dst: Path) -> Any:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    return open(partial, "wb")
+
+
+def _is_gzip(src: Path) -> bool:
+    from resrec.data.sniff import GZIP_MAGIC
+
+    with open(src, "rb") as file:
+        return file.read(2) == GZIP_MAGIC
+
+
 def _csv_header(src: Path) -> list[str]:
+    if src.is_dir():
+        raise DataError("is a folder; expected a CSV file of user_id,movie_id pairs", path=src)
     if not src.is_file():
         raise DataError("no such file", path=src)
     _check_pairs_text(src)
-    with open(src, encoding="utf-8-sig", errors="replace") as f:
+    opener = gzip.open if _is_gzip(src) else open
+    with opener(src, "rt", encoding="utf-8-sig", errors="replace") as f:
         first = f.readline().rstrip("\r\n")
     if not first:
         raise DataError(
@@ -198,18 +222,36 @@ def _check_pairs_text(src: Path) -> None:
     """Refuse a compressed or binary pairs file before the CSV parser sees it."""
     from resrec.data.sniff import check_text
 
+    if _is_gzip(src):  # the first 64 KiB of what it holds
+        try:
+            with gzip.open(src, "rb") as packed:
+                head = packed.read(1 << 16)
+        except (OSError, EOFError, zlib.error) as error:
+            raise DataError(f"not a readable gzip file ({error})", path=src) from None
+        check_text(head, src, accepted="plain text CSV or .gz", start=_bom(head))
+        return
     with open(src, "rb") as file:
         if file.seek(0, 2) == 0:
             return  # empty: the header check says so
         with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            bom = 3 if data[:3] == b"\xef\xbb\xbf" else 0
-            check_text(data, src, accepted="plain text CSV", start=bom)
+            check_text(data, src, accepted="plain text CSV or .gz", start=_bom(data))
+
+
+def _bom(data: Any) -> int:
+    return 3 if data[:3] == b"\xef\xbb\xbf" else 0
 
 
 def _pick_column(header: list[str], names: Sequence[str], role: str, src: Path) -> str:
-    for name in names:
-        if name in header:
-            return name
+    present = [name for name in names if name in header]
+    if len(present) > 1 or (present and header.count(present[0]) > 1):
+        raise DataError(
+            f"the header names more than one {role} column ({', '.join(present)}); "
+            "expected exactly one",
+            path=src,
+            line=1,
+        )
+    if present:
+        return present[0]
     raise DataError(
         f"the header names no {role} column; expected one of {', '.join(names)}, "
         f"found {shorten(', '.join(header), 2 * ECHO_LIMIT)}",
@@ -218,10 +260,31 @@ def _pick_column(header: list[str], names: Sequence[str], role: str, src: Path) 
     )
 
 
+def _refuse_line_breaks(batch: Any, numbers: np.ndarray, src: Path) -> None:
+    """A quoted field holding a line break would shift every later line number: refuse it."""
+    import pyarrow.compute as pc
+
+    for name in batch.schema.names:
+        column = batch.column(name)
+        broken = pc.or_(pc.match_substring(column, "\n"), pc.match_substring(column, "\r"))
+        if pc.any(broken).as_py():
+            row = int(np.flatnonzero(broken.to_numpy(zero_copy_only=False))[0])
+            raise DataError(
+                f"a quoted {name} field holds a line break; expected one pair per line",
+                path=src,
+                line=int(numbers[row]),
+            )
+
+
 def _batch_ids(
     batch: Any, user_col: str, movie_col: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Integer ids of a batch of string columns, and a mask of rows where both parse."""
+    """Integer ids of a batch of string columns, and a mask of rows where both parse.
+
+    Arrow's own cast is the fast path, but it also reads ``0x10`` as 16; a
+    column holding an ``x`` anywhere, or one the cast refuses, goes through
+    :func:`_parse_ids` instead.
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -229,27 +292,50 @@ def _batch_ids(
     good = np.ones(batch.num_rows, dtype=bool)
     for name in (user_col, movie_col):
         column = batch.column(name)
-        try:
-            columns.append(pc.cast(column, pa.int64()).to_numpy())
-            continue
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            pass
-        trimmed = pc.utf8_trim_whitespace(column)
-        ok = pc.match_substring_regex(trimmed, r"^[+-]?[0-9]{1,18}$").to_numpy(zero_copy_only=False)
-        values = np.zeros(batch.num_rows, dtype=np.int64)
-        if ok.any():
-            values[ok] = pc.cast(trimmed.filter(pa.array(ok)), pa.int64()).to_numpy()
+        if not pc.any(pc.match_substring(column, "x", ignore_case=True)).as_py():
+            try:
+                columns.append(pc.cast(column, pa.int64()).to_numpy())
+                continue
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass
+        values, ok = _parse_ids(column)
         columns.append(values)
         good &= ok
     return columns[0], columns[1], good
 
 
+def _parse_ids(column: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Values of a column of decimal integers (spaces and a sign allowed), and which parsed."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = pc.replace_substring_regex(pc.ascii_trim_whitespace(column), r"^\+", "")
+    short = pc.match_substring_regex(text, r"^-?[0-9]{1,18}$").to_numpy(zero_copy_only=False)
+    values = np.zeros(len(column), dtype=np.int64)
+    if short.any():
+        values[short] = pc.cast(text.filter(pa.array(short)), pa.int64()).to_numpy()
+    long = pc.match_substring_regex(text, r"^-?[0-9]{19}$").to_numpy(zero_copy_only=False)
+    ok = short.copy()
+    for row in np.flatnonzero(long):  # 19 digits: in range or not, one by one (rare)
+        value = int(text[int(row)].as_py())
+        if -(2**63) <= value < 2**63:
+            values[row], ok[row] = value, True
+    return values, ok
+
+
 def _id_problem(batch: Any, row: int) -> str:
-    values = [str(batch.column(i)[row].as_py()) for i in range(batch.num_columns)]
+    import pyarrow as pa
+
+    values = [
+        batch.column(i).cast(pa.binary())[row].as_py().decode("utf-8", errors="replace")
+        for i in range(batch.num_columns)
+    ]
     if all(not v.strip() for v in values):
         return "empty line"
     for name, value in zip(batch.schema.names, values, strict=True):
         text = value.strip()
+        if "\ufffd" in value:
+            return f"{name} {quoted(value)} is not valid UTF-8 text"
         if not re.fullmatch(r"[+-]?[0-9]+", text):
             return f"{name} {quoted(value)} is not a whole number"
         if not -(2**63) <= _bounded_int(text) < 2**63:
