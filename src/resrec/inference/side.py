@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from resrec.errors import ModelFileError
 
-_CHUNK_ROWS = 512  # movies per block in the all-movies pass: 512 x 400 floats fit in L2
+_CHUNK_FLOATS = 512 * 400  # hidden activations per block of the all-movies pass (fit in L2)
 
 
 # --------------------------------------------------------------------------- side branch
@@ -22,8 +22,9 @@ class _SideBranch:
     The first Linear (with a following eval-mode BatchNorm folded in) splits as
     ``W1 . [p; q] + c1 = W1u . p + W1m . q + c1``. For one user and every movie
     the pre-activations ``x = Q . W1m^T + (c1 + W1u . p)`` are made block by
-    block (512 movies at a time, so a block stays in the L2 cache) by one small
-    matrix product from the K-wide movie table. Streaming a precomputed
+    block (512 movies at a time for 400 hidden units, more for fewer, so a block
+    stays in the L2 cache) by one small matrix product from the K-wide movie
+    table. Streaming a precomputed
     (n_movies, H) table ``W1m . q + c1`` instead was measured slower: at ML-20M
     scale it is 43 MB read per user, against 1 MB for the movie table.
 
@@ -57,6 +58,7 @@ class _SideBranch:
 
         k = movie_factors.shape[1]
         self.hidden = weight.shape[0]
+        self.chunk = max(512, _CHUNK_FLOATS // max(1, self.hidden))  # movies per block
         self.movie_factors = movie_factors
         self.w1 = weight.contiguous()  # (H, 2K)
         self.c1 = bias.contiguous()  # (H,)
@@ -108,11 +110,11 @@ class _SideBranch:
         n = self.movie_factors.shape[0]
         negative = torch.empty(n)  # w2 . min(x, 0)
         expo = torch.empty(n)  # alpha w2 . exp(min(x, 0))
-        parts = 1 if pool is None else min(parts, n // (4 * _CHUNK_ROWS))
+        parts = 1 if pool is None else min(parts, n // (4 * self.chunk))
         if parts <= 1:
             self._elu_blocks(b, 0, n, negative, expo)
         else:
-            step = -(-n // parts // _CHUNK_ROWS) * _CHUNK_ROWS
+            step = -(-n // parts // self.chunk) * self.chunk
             assert pool is not None
             jobs = [
                 pool.submit(self._elu_blocks, b, lo, min(n, lo + step), negative, expo)
@@ -130,9 +132,9 @@ class _SideBranch:
         """Fill ``negative`` and ``expo`` for movies ``lo:hi``, a block at a time."""
         q = self.movie_factors
         with torch.inference_mode():  # per thread: a pool's threads start outside it
-            block = torch.empty(min(_CHUNK_ROWS, hi - lo), self.hidden)
-            for start in range(lo, hi, _CHUNK_ROWS):
-                stop = min(hi, start + _CHUNK_ROWS)
+            block = torch.empty(min(self.chunk, hi - lo), self.hidden)
+            for start in range(lo, hi, self.chunk):
+                stop = min(hi, start + self.chunk)
                 z = torch.addmm(b, q[start:stop], self.w1m_t, out=block[: stop - start])
                 z.clamp_(max=0)
                 torch.mv(z, self.w2, out=negative[start:stop])
@@ -143,8 +145,8 @@ class _SideBranch:
         q = self.movie_factors
         n = q.shape[0]
         out = torch.empty(n)
-        for lo in range(0, n, _CHUNK_ROWS):
-            hi = min(n, lo + _CHUNK_ROWS)
+        for lo in range(0, n, self.chunk):
+            hi = min(n, lo + self.chunk)
             x = torch.addmm(b, q[lo:hi], self.w1m_t)
             out[lo:hi] = self.rest(self.activation(x)).reshape(-1)
         return out
