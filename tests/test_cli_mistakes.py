@@ -507,3 +507,58 @@ def test_tune_refuses_to_replace_an_existing_file_without_overwrite(
         app, ["tune", "--ratings", str(udata_file), "--trials", "1", "--out", str(tmp_path)]
     )
     _clean_error(folder, "is a folder")
+
+
+# --------------------------------------------------------------------------- using a run
+
+
+RUN_COMMANDS = [
+    ["predict", "--user", "1", "--movie", "2"],
+    ["recommend", "--user", "1"],
+    ["similar", "--movie", "2"],
+    ["explain", "--user", "1", "--movie", "2"],
+    ["score", "--pairs", "PAIRS", "--out", "OUT"],
+    ["serve", "--port", "PORT"],
+    ["serve", "--port", "PORT", "--workers", "2"],
+]
+
+
+def _use_run(run: Path, command: list[str], tmp_path: Path) -> Any:
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("user_id,movie_id\n1,2\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    places = {"PAIRS": str(pairs), "OUT": str(tmp_path / "out.csv"), "PORT": port}
+    args = [places.get(a, a) for a in command[1:]]
+    return runner.invoke(app, [command[0], str(run), *args])
+
+
+@pytest.mark.parametrize("command", RUN_COMMANDS, ids=" ".join)
+def test_a_file_given_as_the_run_is_named_as_a_file(
+    served_run: Path, command: list[str], tmp_path: Path
+) -> None:
+    result = _use_run(served_run / "config.json", command, tmp_path)
+
+    _clean_error(result, "config.json is a file, not a run directory")
+    assert "does not exist" not in result.output
+
+
+@pytest.fixture(scope="module")
+def bias_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("bias-runs")
+    return {kind: build_run(folder / kind, model=kind) for kind in ("biases", "global-mean")}
+
+
+@pytest.mark.parametrize("kind", ["biases", "global-mean"])
+@pytest.mark.parametrize("command", RUN_COMMANDS, ids=" ".join)
+def test_runs_without_embeddings_are_refused_naming_the_run(
+    bias_runs: dict[str, Path], kind: str, command: list[str], tmp_path: Path
+) -> None:
+    run = bias_runs[kind]
+    result = _use_run(run, command, tmp_path)
+
+    _clean_error(result, f"{run} holds a {kind} model, which has no embeddings")
+    assert "train one with 'resrec train --model residual'" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out.csv").exists()

@@ -106,11 +106,7 @@ class Recommender:
         threads: int = 1,
         bounds: bool = True,
     ) -> None:
-        if not hasattr(model, "user_factors") or not hasattr(model, "movie_factors"):
-            raise ModelFileError(
-                f"{type(model).__name__} has no embeddings; inference supports "
-                "the residual, mf and deep models"
-            )
+        check_inference_model(model, name)
         self.name = name
         self.kind = type(model).__name__
         self.user_map = user_map
@@ -145,6 +141,7 @@ class Recommender:
         from resrec.run import load_run
 
         run = load_run(run_path)
+        check_inference_model(run.model, str(run.path))
         return cls.from_run(run, movies=_load_movies(run, movies_path))
 
     @classmethod
@@ -883,6 +880,21 @@ class Recommender:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+_KIND_OF = {"Biases": "biases", "GlobalMean": "global-mean"}
+
+
+def check_inference_model(model: RatingModel, name: str) -> None:
+    """Refuse a model without embeddings (``biases``, ``global-mean``), naming the run."""
+    if hasattr(model, "user_factors") and hasattr(model, "movie_factors"):
+        return
+    kind = _KIND_OF.get(type(model).__name__, type(model).__name__)
+    raise ModelFileError(
+        f"{name} holds a {kind} model, which has no embeddings; predict, recommend, score, "
+        "explain, similar and serve need a residual, mf or deep run: train one with "
+        "'resrec train --model residual' (or mf, deep)"
+    )
 
 
 def _index_in(id_map: IdMap, raw_id: int) -> int:
