@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -562,3 +563,55 @@ def test_runs_without_embeddings_are_refused_naming_the_run(
     assert "train one with 'resrec train --model residual'" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "out.csv").exists()
+
+
+# --------------------------------------------------------------------------- movies files
+
+
+def _movie_ids(run: Path) -> list[int]:
+    return [int(m) for m in np.load(run / "id_maps.npz")["movie_id"]]
+
+
+def test_a_movies_file_of_another_layout_family_is_warned_about(
+    served_run: Path, tmp_path: Path
+) -> None:
+    movies = tmp_path / "movies.dat"
+    movies.write_text("".join(f"{m}::Film {m} (1990)::Drama\n" for m in _movie_ids(served_run)))
+
+    result = runner.invoke(
+        app, ["recommend", str(served_run), "--user", "1", "--movies", str(movies)]
+    )
+
+    assert result.exit_code == 0, result.output
+    [warning] = [line for line in result.output.splitlines() if "WARNING" in line]
+    assert f"movies file {movies} may belong to another MovieLens release" in warning
+    assert "a movies.dat file, but the run's movielens-csv ratings come with movies.csv" in warning
+    assert "(100.0%)" in warning
+
+
+def test_a_movies_file_listing_few_trained_movies_is_warned_about(
+    served_run: Path, tmp_path: Path
+) -> None:
+    movies = tmp_path / "movies.csv"
+    listed = _movie_ids(served_run)[:10]
+    movies.write_text("movieId,title,genres\n" + "".join(f"{m},Film {m},Drama\n" for m in listed))
+
+    result = runner.invoke(
+        app, ["similar", str(served_run), "--movie", "2", "--movies", str(movies)]
+    )
+
+    assert result.exit_code == 0, result.output
+    [warning] = [line for line in result.output.splitlines() if "WARNING" in line]
+    assert "fewer than 90% of the trained movies listed" in warning
+    assert f"{movies}" in warning and "it lists 10 of the model's" in warning
+
+
+def test_the_runs_own_movies_file_gives_no_warning(served_run: Path) -> None:
+    movies = served_run.parent / "data" / "movies.csv"
+
+    result = runner.invoke(
+        app, ["recommend", str(served_run), "--user", "1", "--movies", str(movies)]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "WARNING" not in result.output

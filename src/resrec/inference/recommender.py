@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _PREPARE_AFTER = 16  # top-N queries answered by scoring every movie before bounds are built
+MIN_MOVIE_COVERAGE = 0.9  # share of trained movies a movies file must list to look right
 
 # --------------------------------------------------------------------------- recommender
 
@@ -147,7 +148,7 @@ class Recommender:
     @classmethod
     def from_run(cls, run: Run, *, movies: Movies | None = None) -> Recommender:
         users, movie_rows = run.train_pairs()
-        return cls(
+        recommender = cls(
             run.model,
             run.user_map,
             run.movie_map,
@@ -159,6 +160,10 @@ class Recommender:
             noise_variance=_noise_variance(run.metrics),
             name=str(run.path),
         )
+        if movies is not None:
+            trained = recommender.movie_map.raw_ids[recommender.trained_movies]
+            warn_if_foreign_movies(movies, str(run.info.get("data", {}).get("layout")), trained)
+        return recommender
 
     def _load_tables(self, model: RatingModel) -> None:
         self.has_biases = bool(getattr(model, "uses_biases", False))
@@ -972,6 +977,35 @@ def _noise_variance(metrics: Mapping[str, Any]) -> float | None:
         if value is not None and math.isfinite(value) and value > 0:
             return float(value)
     return None
+
+
+def warn_if_foreign_movies(movies: Movies, layout: str, trained_ids: np.ndarray) -> None:
+    """Log a warning when ``movies`` looks like another release's file than the ratings'.
+
+    It does when its layout is not the one that ships with ``layout`` (the
+    ratings layout of the run), or when it lists fewer than
+    :data:`MIN_MOVIE_COVERAGE` of ``trained_ids``: its titles would then be
+    put on the wrong movies.
+    """
+    from resrec.data.movies import MOVIES_FAMILY_OF_LAYOUT
+
+    reasons = []
+    expected = MOVIES_FAMILY_OF_LAYOUT.get(layout)
+    if expected and movies.family and movies.family != expected:
+        reasons.append(
+            f"a {movies.family} file, but the run's {layout} ratings come with {expected}"
+        )
+    listed = int(np.isin(trained_ids, movies.movie_id).sum())
+    coverage = listed / trained_ids.size if trained_ids.size else 1.0
+    if coverage < MIN_MOVIE_COVERAGE:
+        reasons.append(f"fewer than {MIN_MOVIE_COVERAGE:.0%} of the trained movies listed")
+    if reasons:
+        log.warning(
+            "movies file %s may belong to another MovieLens release (%s): it lists %s of the "
+            "model's %s trained movies (%.1f%%); titles and genres may be wrong",
+            movies.source, "; ".join(reasons), f"{listed:,}", f"{trained_ids.size:,}",
+            100 * coverage,
+        )  # fmt: skip
 
 
 def _load_movies(run: Run, movies_path: str | Path | None) -> Movies | None:
