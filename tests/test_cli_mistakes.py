@@ -15,7 +15,9 @@ from typer.testing import CliRunner
 
 from resrec.cli import app
 from resrec.compare import compare
-from resrec.data.ratings import Ratings
+from resrec.data import read_ratings
+from resrec.data.ratings import Ratings, RatingScale
+from resrec.errors import ConfigError
 from tests.test_inference import build_run
 
 runner = CliRunner()
@@ -510,6 +512,39 @@ def test_tune_refuses_to_replace_an_existing_file_without_overwrite(
     _clean_error(folder, "is a folder")
 
 
+def _unwritable_outs(tmp_path: Path) -> list[tuple[Path, str]]:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    return [
+        (Path("/proc/out.json"), "cannot write a file in /proc"),
+        (tmp_path / "missing" / "out.json", "missing does not exist; expected an existing folder"),
+        (afile / "out.json", "afile is not a folder; expected an existing folder"),
+    ]
+
+
+def test_tune_checks_that_out_can_be_written_before_the_trials(
+    udata_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_trials(*args: object, **kwargs: object) -> None:
+        raise AssertionError("ran trials before checking --out")
+
+    monkeypatch.setattr("resrec.tune.tune", no_trials)
+    for out, message in _unwritable_outs(tmp_path):
+        args = ["tune", "--ratings", str(udata_file), "--trials", "1", "--out", str(out)]
+        _clean_error(runner.invoke(app, args), message)
+    assert not (tmp_path / "missing").exists()
+
+
+def test_score_checks_that_out_can_be_written_before_scoring(
+    served_run: Path, tmp_path: Path
+) -> None:
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("user_id,movie_id\n1,2\n")
+    for out, message in _unwritable_outs(tmp_path):
+        args = ["score", str(served_run), "--pairs", str(pairs), "--out", str(out)]
+        _clean_error(runner.invoke(app, args), message)
+
+
 # --------------------------------------------------------------------------- using a run
 
 
@@ -615,3 +650,38 @@ def test_the_runs_own_movies_file_gives_no_warning(served_run: Path) -> None:
 
     assert result.exit_code == 0, result.output
     assert "WARNING" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("threshold", "message"),
+    [
+        ("99", "--threshold must be within the rating scale of"),
+        ("0", "--threshold must be within the rating scale of"),
+        ("nan", "--threshold must be a finite rating; got nan"),
+        ("inf", "--threshold must be a finite rating; got inf"),
+    ],
+)
+def test_compare_checks_the_threshold_before_training(
+    udata_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threshold: str, message: str
+) -> None:
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("trained before checking --threshold")
+
+    monkeypatch.setattr("resrec.compare.fit", no_training)
+    out = tmp_path / "cmp"
+
+    result = _compare(udata_file, out, "--threshold", threshold)
+
+    _clean_error(result, message)
+    assert not out.exists()
+
+
+def test_compare_refuses_a_threshold_no_rating_reaches(udata_file: Path) -> None:
+    ratings = read_ratings(udata_file, scale=RatingScale(1, 10, 1))
+
+    with pytest.raises(ConfigError, match=r"no rating in .* reaches it"):
+        compare(ratings, ["global-mean"], threshold=9)
+
+
+def test_compare_into_an_unwritable_place_is_a_clean_error(udata_file: Path) -> None:
+    _clean_error(_compare(udata_file, Path("/proc/cmp")), "cannot write /proc/cmp")

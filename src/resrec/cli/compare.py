@@ -21,6 +21,7 @@ from resrec.compare import COMPARISON_OUTPUT, MODEL_KINDS, compare
 from resrec.config import PRESETS, load_config_file
 from resrec.data.ratings import Ratings
 from resrec.errors import ConfigError
+from resrec.ranking import check_threshold
 from resrec.run import check_output_folder
 
 log = logging.getLogger("resrec.cli")
@@ -86,6 +87,7 @@ def compare_command(
 ) -> None:
     """Train several models on the same seeded splits; write a table and an RMSE plot."""
     config = resolve_config(preset_name, config_file, {"epochs": epochs, "threads": threads})
+    check_threshold(threshold)
     out = out or Path("runs") / f"compare-{_stamp()}"
     check_output_folder(out, overwrite=overwrite, kind=COMPARISON_OUTPUT)
     table = _read(ratings, dataset, layout, sep, header, columns, scale, duplicates)
