@@ -685,3 +685,29 @@ def test_compare_refuses_a_threshold_no_rating_reaches(udata_file: Path) -> None
 
 def test_compare_into_an_unwritable_place_is_a_clean_error(udata_file: Path) -> None:
     _clean_error(_compare(udata_file, Path("/proc/cmp")), "cannot write /proc/cmp")
+
+
+@pytest.mark.parametrize("rating", ["inf", "-inf", "nan", "1e999"])
+def test_rated_non_finite_ratings_are_refused_without_warnings(
+    served_run: Path, rating: str
+) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = runner.invoke(app, ["recommend", str(served_run), "--rated", f"2:5,3:{rating}"])
+
+    _clean_error(result, f"--rated item 2: rating '{rating}' is not a finite number")
+    assert "Warning" not in result.output
+
+
+def test_fold_in_refuses_non_finite_ratings_without_warnings(served_run: Path) -> None:
+    import warnings
+
+    from resrec.inference import Recommender
+
+    rec = Recommender.load(served_run)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ConfigError, match="rating inf is not a finite number"):
+            rec.fold_in({2: 5.0, 5: float("inf")})

@@ -748,7 +748,13 @@ class Recommender:
         return index[known], known, ignored
 
     def _check_ratings(self, values: np.ndarray) -> None:
-        bad = ~np.isfinite(values) | ~self.scale.on_scale(values)
+        finite = np.isfinite(values)
+        if not finite.all():
+            raise ConfigError(
+                f"rating {float(values[~finite][0])} is not a finite number; expected a rating "
+                f"on the scale ({self.scale.describe()})"
+            )
+        bad = ~self.scale.on_scale(values)
         if bad.any():
             raise ConfigError(
                 f"rating {float(values[bad][0]):g} is not on the rating scale "
@@ -946,6 +952,11 @@ def parse_rated(text: str) -> list[tuple[int, float]]:
             raise ConfigError(
                 f"--rated item {number}: movie_id {quoted(movie)} is out of range: "
                 "ids are 64-bit integers"
+            )
+        if not math.isfinite(float(rating)):
+            raise ConfigError(
+                f"--rated item {number}: rating {quoted(rating)} is not a finite number; "
+                "expected a rating such as 4 or 4.5"
             )
         pairs.append((int(movie), float(rating)))
     return pairs
