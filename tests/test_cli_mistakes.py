@@ -711,3 +711,58 @@ def test_fold_in_refuses_non_finite_ratings_without_warnings(served_run: Path) -
         warnings.simplefilter("error")
         with pytest.raises(ConfigError, match="rating inf is not a finite number"):
             rec.fold_in({2: 5.0, 5: float("inf")})
+
+
+# --------------------------------------------------------------------------- plurals
+
+
+def test_counted_uses_the_singular_only_for_one() -> None:
+    from resrec.errors import counted
+
+    assert counted(1, "bad row") == "1 bad row"
+    assert counted(0, "bad row") == "0 bad rows"
+    assert counted(12_345, "movie") == "12,345 movies"
+    assert counted(2, "process", "processes") == "2 processes"
+
+
+def test_score_counts_one_bad_row_in_the_singular(served_run: Path, tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("user_id,movie_id\n1,2\n1,x\n")
+    out = tmp_path / "out.csv"
+
+    result = runner.invoke(
+        app, ["score", str(served_run), "--pairs", str(pairs), "--out", str(out)]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "scored 1 of 2 rows" in result.output and "1 bad row left out:" in result.output
+
+
+def test_recommend_counts_one_rated_movie_in_the_singular(served_run: Path) -> None:
+    result = runner.invoke(app, ["recommend", str(served_run), "--rated", "2:5", "-n", "3"])
+
+    assert result.exit_code == 0, result.output
+    assert "1 rated movie left out" in result.output
+    assert (
+        "folded in from 1 rating\n" in result.output or "folded in from 1 rating;" in result.output
+    )
+
+
+def test_tune_counts_one_trial_in_the_singular(
+    udata_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    def one_trial(*args: object, **kwargs: object) -> object:
+        return SimpleNamespace(best_valid_rmse=0.9, trials=[{}], seconds=1.0)
+
+    monkeypatch.setattr("resrec.tune.tune", one_trial)
+    out = tmp_path / "best.json"
+
+    result = runner.invoke(
+        app, ["tune", "--ratings", str(udata_file), "--trials", "1", "--out", str(out)]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "after 1 trial (" in result.output
+    assert "read 1,500 ratings of 60 users and 40 movies" in result.output

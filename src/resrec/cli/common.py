@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resrec.data.ratings import Ratings, RatingScale
-from resrec.errors import ConfigError
+from resrec.errors import ConfigError, counted
 
 DUPLICATES_HELP = (
     "A (user, movie) pair rated twice: 'error' stops; 'last' keeps the later line; 'mean' "
@@ -48,6 +48,14 @@ def load_ratings_from_options(options: RatingsOptions) -> Ratings:
         columns=None if options.columns is None else tuple(options.columns.split(",")),
         scale=None if options.scale is None else RatingScale.parse(options.scale),
         duplicates=options.duplicates,  # type: ignore[arg-type]
+    )
+
+
+def describe_counts(table: Ratings) -> str:
+    """``N ratings of U users and M movies``, each noun in the number its count needs."""
+    return (
+        f"{counted(len(table), 'rating')} of {counted(table.n_users, 'user')} "
+        f"and {counted(table.n_movies, 'movie')}"
     )
 
 

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from resrec.cli.app import app
-from resrec.errors import ConfigError, quoted
+from resrec.errors import ConfigError, counted, quoted
 
 Opt = typer.Option
 
@@ -68,11 +68,11 @@ def serve(
     else:
         recommender = Recommender.load(run, movies_path=movies)
         log.info(
-            "serving %s (%s, %d users, %d movies%s)",
+            "serving %s (%s, %s, %s%s)",
             run,
             recommender.kind,
-            recommender.n_users,
-            recommender.n_movies,
+            counted(recommender.n_users, "user"),
+            counted(recommender.n_movies, "movie"),
             ", with titles" if recommender.movies is not None else ", no titles",
         )
         target = create_app(recommender)

@@ -22,6 +22,7 @@ from resrec.errors import (
     DataError,
     ModelFileError,
     UnknownIdError,
+    counted,
     quoted,
     shorten,
 )
@@ -570,7 +571,7 @@ class Recommender:
             )
         reason = None
         if len(items) < n:
-            reason = f"only {candidates} movies could be recommended"
+            reason = f"only {counted(candidates, 'movie')} could be recommended"
         return Recommendations(user_id, items, estimate, excluded, candidates, note, reason)
 
     def prepare_top_n(self) -> None:
@@ -820,7 +821,7 @@ class Recommender:
         """
         _check_n(n)
         user = self.fold_in(ratings, unknown=unknown)
-        note = f"folded in from {user.movie_index.size} ratings"
+        note = f"folded in from {counted(user.movie_index.size, 'rating')}"
         if user.ignored:
             note += f"; ignored unknown movie_ids {user.ignored}"
         return self._top_n(
@@ -1013,8 +1014,9 @@ def warn_if_foreign_movies(movies: Movies, layout: str, trained_ids: np.ndarray)
     if reasons:
         log.warning(
             "movies file %s may belong to another MovieLens release (%s): it lists %s of the "
-            "model's %s trained movies (%.1f%%); titles and genres may be wrong",
-            movies.source, "; ".join(reasons), f"{listed:,}", f"{trained_ids.size:,}",
+            "model's %s (%.1f%%); titles and genres may be wrong",
+            movies.source, "; ".join(reasons), f"{listed:,}",
+            counted(trained_ids.size, "trained movie"),
             100 * coverage,
         )  # fmt: skip
 
@@ -1037,5 +1039,5 @@ def _load_movies(run: Run, movies_path: str | Path | None) -> Movies | None:
     except DataError as exc:
         log.warning("ignoring movie metadata in %s: %s", found, exc)
         return None
-    log.info("movie metadata from %s (%d movies)", found, len(movies))
+    log.info("movie metadata from %s (%s)", found, counted(len(movies), "movie"))
     return movies
