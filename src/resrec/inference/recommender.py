@@ -752,8 +752,8 @@ class Recommender:
         finite = np.isfinite(values)
         if not finite.all():
             raise ConfigError(
-                f"rating {float(values[~finite][0])} is not a finite number; expected a rating "
-                f"on the scale ({self.scale.describe()})"
+                f"rating {float(values[~finite][0])} is not a finite number, so not on the "
+                f"rating scale ({self.scale.describe()})"
             )
         bad = ~self.scale.on_scale(values)
         if bad.any():
