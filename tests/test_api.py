@@ -354,3 +354,85 @@ def test_fuzzing_from_the_openapi_schema_finds_no_server_error(
             assert response.json()["detail"], response.text
 
     call()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "payload", "status", "hint"),
+    [
+        ("GET", "/api/predict?user_id=1.0&movie_id=2", None, 422, "user_id takes a whole number"),
+        ("GET", "/api/predict?user_id=1", None, 422, "movie_id takes a whole number"),
+        ("GET", "/api/users/1/recommendations?n=0", None, 422, "n takes a whole number from 1"),
+        ("GET", "/api/predict?user_id=1&movie_id=2&fallback=1", None, 422, "true or false"),
+        ("GET", "/api/movies/search?q=", None, 422, "q takes 1 to 200 characters"),
+        ("POST", "/api/recommendations", {"ratings": []}, 422, "ratings takes a list of 1 to"),
+        (
+            "POST",
+            "/api/recommendations",
+            {"ratings": [{"movie_id": 2, "rating": "4"}]},
+            422,
+            "rating takes a JSON number on the run's rating scale (1 to 5 in steps of 1)",
+        ),
+        (
+            "POST",
+            "/api/recommendations",
+            {"ratings": [{"movie_id": 2, "rating": 4}], "colour": 1},
+            422,
+            "colour is not a field of the body",
+        ),
+        ("POST", "/api/recommendations", "{", 422, 'post a JSON object such as {"ratings"'),
+        (
+            "POST",
+            "/api/recommendations",
+            {"ratings": [{"movie_id": 2, "rating": 4.5}]},
+            422,
+            "/docs",
+        ),
+        ("GET", "/api/nothing-here", None, 404, "no such endpoint"),
+        ("DELETE", "/api/health", None, 405, "another HTTP method"),
+    ],
+)
+def test_every_4xx_answer_has_detail_and_a_hint(
+    client: httpx.Client, method: str, path: str, payload: Any, status: int, hint: str
+) -> None:
+    if isinstance(payload, str):
+        headers = {"content-type": "application/json"}
+        response = client.request(method, path, content=payload, headers=headers)
+    else:
+        response = client.request(method, path, json=payload)
+
+    assert response.status_code == status, response.text
+    answer = response.json()
+    assert answer["detail"] and hint in answer["hint"], answer
+
+
+def test_a_body_over_one_mebibyte_is_refused_unread(client: httpx.Client) -> None:
+    ratings = [{"movie_id": 2, "rating": 4}] * 60_000  # about 1.8 MB of JSON
+    response = client.post("/api/recommendations", json={"ratings": ratings})
+
+    assert response.status_code == 413, response.text
+    answer = response.json()
+    assert "larger than 1,048,576 bytes" in answer["detail"] and answer["hint"]
+
+
+def test_a_chunked_body_over_one_mebibyte_is_refused(client: httpx.Client) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"ratings": ['
+        for _ in range(40):
+            yield b'{"movie_id": 2, "rating": 4},' * 1000
+        yield b'{"movie_id": 2, "rating": 4}]}'
+
+    headers = {"content-type": "application/json"}
+    response = client.post("/api/recommendations", content=chunks(), headers=headers)
+
+    assert response.status_code == 413, response.text
+
+
+def test_a_small_chunked_body_is_answered(client: httpx.Client) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"ratings": [{"movie_id": 2, '
+        yield b'"rating": 4}], "n": 2}'
+
+    headers = {"content-type": "application/json"}
+    response = client.post("/api/recommendations", content=chunks(), headers=headers)
+
+    assert response.status_code == 200, response.text

@@ -9,12 +9,15 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from resrec.cli import app
 from resrec.compare import compare
-from resrec.data.ratings import Ratings
+from resrec.data import read_ratings
+from resrec.data.ratings import Ratings, RatingScale
+from resrec.errors import ConfigError
 from tests.test_inference import build_run
 
 runner = CliRunner()
@@ -507,3 +510,259 @@ def test_tune_refuses_to_replace_an_existing_file_without_overwrite(
         app, ["tune", "--ratings", str(udata_file), "--trials", "1", "--out", str(tmp_path)]
     )
     _clean_error(folder, "is a folder")
+
+
+def _unwritable_outs(tmp_path: Path) -> list[tuple[Path, str]]:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    return [
+        (Path("/proc/out.json"), "cannot write a file in /proc"),
+        (tmp_path / "missing" / "out.json", "missing does not exist; expected an existing folder"),
+        (afile / "out.json", "afile is not a folder; expected an existing folder"),
+    ]
+
+
+def test_tune_checks_that_out_can_be_written_before_the_trials(
+    udata_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_trials(*args: object, **kwargs: object) -> None:
+        raise AssertionError("ran trials before checking --out")
+
+    monkeypatch.setattr("resrec.tune.tune", no_trials)
+    for out, message in _unwritable_outs(tmp_path):
+        args = ["tune", "--ratings", str(udata_file), "--trials", "1", "--out", str(out)]
+        _clean_error(runner.invoke(app, args), message)
+    assert not (tmp_path / "missing").exists()
+
+
+def test_score_checks_that_out_can_be_written_before_scoring(
+    served_run: Path, tmp_path: Path
+) -> None:
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("user_id,movie_id\n1,2\n")
+    for out, message in _unwritable_outs(tmp_path):
+        args = ["score", str(served_run), "--pairs", str(pairs), "--out", str(out)]
+        _clean_error(runner.invoke(app, args), message)
+
+
+# --------------------------------------------------------------------------- using a run
+
+
+RUN_COMMANDS = [
+    ["predict", "--user", "1", "--movie", "2"],
+    ["recommend", "--user", "1"],
+    ["similar", "--movie", "2"],
+    ["explain", "--user", "1", "--movie", "2"],
+    ["score", "--pairs", "PAIRS", "--out", "OUT"],
+    ["serve", "--port", "PORT"],
+    ["serve", "--port", "PORT", "--workers", "2"],
+]
+
+
+def _use_run(run: Path, command: list[str], tmp_path: Path) -> Any:
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("user_id,movie_id\n1,2\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    places = {"PAIRS": str(pairs), "OUT": str(tmp_path / "out.csv"), "PORT": port}
+    args = [places.get(a, a) for a in command[1:]]
+    return runner.invoke(app, [command[0], str(run), *args])
+
+
+@pytest.mark.parametrize("command", RUN_COMMANDS, ids=" ".join)
+def test_a_file_given_as_the_run_is_named_as_a_file(
+    served_run: Path, command: list[str], tmp_path: Path
+) -> None:
+    result = _use_run(served_run / "config.json", command, tmp_path)
+
+    _clean_error(result, "config.json is a file, not a run directory")
+    assert "does not exist" not in result.output
+
+
+@pytest.fixture(scope="module")
+def bias_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("bias-runs")
+    return {kind: build_run(folder / kind, model=kind) for kind in ("biases", "global-mean")}
+
+
+@pytest.mark.parametrize("kind", ["biases", "global-mean"])
+@pytest.mark.parametrize("command", RUN_COMMANDS, ids=" ".join)
+def test_runs_without_embeddings_are_refused_naming_the_run(
+    bias_runs: dict[str, Path], kind: str, command: list[str], tmp_path: Path
+) -> None:
+    run = bias_runs[kind]
+    result = _use_run(run, command, tmp_path)
+
+    _clean_error(result, f"{run} holds a {kind} model, which has no embeddings")
+    assert "train one with 'resrec train --model residual'" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out.csv").exists()
+
+
+# --------------------------------------------------------------------------- movies files
+
+
+def _movie_ids(run: Path) -> list[int]:
+    return [int(m) for m in np.load(run / "id_maps.npz")["movie_id"]]
+
+
+def test_a_movies_file_of_another_layout_family_is_warned_about(
+    served_run: Path, tmp_path: Path
+) -> None:
+    movies = tmp_path / "movies.dat"
+    movies.write_text("".join(f"{m}::Film {m} (1990)::Drama\n" for m in _movie_ids(served_run)))
+
+    result = runner.invoke(
+        app, ["recommend", str(served_run), "--user", "1", "--movies", str(movies)]
+    )
+
+    assert result.exit_code == 0, result.output
+    [warning] = [line for line in result.output.splitlines() if "WARNING" in line]
+    assert f"movies file {movies} may belong to another MovieLens release" in warning
+    assert "a movies.dat file, but the run's movielens-csv ratings come with movies.csv" in warning
+    assert "(100.0%)" in warning
+
+
+def test_a_movies_file_listing_few_trained_movies_is_warned_about(
+    served_run: Path, tmp_path: Path
+) -> None:
+    movies = tmp_path / "movies.csv"
+    listed = _movie_ids(served_run)[:10]
+    movies.write_text("movieId,title,genres\n" + "".join(f"{m},Film {m},Drama\n" for m in listed))
+
+    result = runner.invoke(
+        app, ["similar", str(served_run), "--movie", "2", "--movies", str(movies)]
+    )
+
+    assert result.exit_code == 0, result.output
+    [warning] = [line for line in result.output.splitlines() if "WARNING" in line]
+    assert "fewer than 90% of the trained movies listed" in warning
+    assert f"{movies}" in warning and "it lists 10 of the model's" in warning
+
+
+def test_the_runs_own_movies_file_gives_no_warning(served_run: Path) -> None:
+    movies = served_run.parent / "data" / "movies.csv"
+
+    result = runner.invoke(
+        app, ["recommend", str(served_run), "--user", "1", "--movies", str(movies)]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "WARNING" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("threshold", "message"),
+    [
+        ("99", "--threshold must be within the rating scale of"),
+        ("0", "--threshold must be within the rating scale of"),
+        ("nan", "--threshold must be a finite rating; got nan"),
+        ("inf", "--threshold must be a finite rating; got inf"),
+    ],
+)
+def test_compare_checks_the_threshold_before_training(
+    udata_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threshold: str, message: str
+) -> None:
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("trained before checking --threshold")
+
+    monkeypatch.setattr("resrec.compare.fit", no_training)
+    out = tmp_path / "cmp"
+
+    result = _compare(udata_file, out, "--threshold", threshold)
+
+    _clean_error(result, message)
+    assert not out.exists()
+
+
+def test_compare_refuses_a_threshold_no_rating_reaches(udata_file: Path) -> None:
+    ratings = read_ratings(udata_file, scale=RatingScale(1, 10, 1))
+
+    with pytest.raises(ConfigError, match=r"no rating in .* reaches it"):
+        compare(ratings, ["global-mean"], threshold=9)
+
+
+def test_compare_into_an_unwritable_place_is_a_clean_error(udata_file: Path) -> None:
+    _clean_error(_compare(udata_file, Path("/proc/cmp")), "cannot write /proc/cmp")
+
+
+@pytest.mark.parametrize("rating", ["inf", "-inf", "nan", "1e999"])
+def test_rated_non_finite_ratings_are_refused_without_warnings(
+    served_run: Path, rating: str
+) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = runner.invoke(app, ["recommend", str(served_run), "--rated", f"2:5,3:{rating}"])
+
+    _clean_error(result, f"--rated item 2: rating '{rating}' is not a finite number")
+    assert "Warning" not in result.output
+
+
+def test_fold_in_refuses_non_finite_ratings_without_warnings(served_run: Path) -> None:
+    import warnings
+
+    from resrec.inference import Recommender
+
+    rec = Recommender.load(served_run)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ConfigError, match="rating inf is not a finite number"):
+            rec.fold_in({2: 5.0, 5: float("inf")})
+
+
+# --------------------------------------------------------------------------- plurals
+
+
+def test_counted_uses_the_singular_only_for_one() -> None:
+    from resrec.errors import counted
+
+    assert counted(1, "bad row") == "1 bad row"
+    assert counted(0, "bad row") == "0 bad rows"
+    assert counted(12_345, "movie") == "12,345 movies"
+    assert counted(2, "process", "processes") == "2 processes"
+
+
+def test_score_counts_one_bad_row_in_the_singular(served_run: Path, tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("user_id,movie_id\n1,2\n1,x\n")
+    out = tmp_path / "out.csv"
+
+    result = runner.invoke(
+        app, ["score", str(served_run), "--pairs", str(pairs), "--out", str(out)]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "scored 1 of 2 rows" in result.output and "1 bad row left out:" in result.output
+
+
+def test_recommend_counts_one_rated_movie_in_the_singular(served_run: Path) -> None:
+    result = runner.invoke(app, ["recommend", str(served_run), "--rated", "2:5", "-n", "3"])
+
+    assert result.exit_code == 0, result.output
+    assert "1 rated movie left out" in result.output
+    assert (
+        "folded in from 1 rating\n" in result.output or "folded in from 1 rating;" in result.output
+    )
+
+
+def test_tune_counts_one_trial_in_the_singular(
+    udata_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    def one_trial(*args: object, **kwargs: object) -> object:
+        return SimpleNamespace(best_valid_rmse=0.9, trials=[{}], seconds=1.0)
+
+    monkeypatch.setattr("resrec.tune.tune", one_trial)
+    out = tmp_path / "best.json"
+
+    result = runner.invoke(
+        app, ["tune", "--ratings", str(udata_file), "--trials", "1", "--out", str(out)]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "after 1 trial (" in result.output
+    assert "read 1,500 ratings of 60 users and 40 movies" in result.output

@@ -19,7 +19,9 @@ Endpoints (JSON; the OpenAPI schema is at ``/openapi.json``, its pages at ``/doc
 ==========================================  =============================================
 
 Every mistake in a request gets a 4xx JSON answer ``{"detail": ..., "hint": ...}``:
-404 for an unknown id, 422 for a value outside what is allowed. Values are
+404 for an unknown id or path, 422 for a value outside what is allowed (the
+hint says what the first offending field expects), 413 for a body over
+:data:`MAX_BODY_BYTES`, which is refused before it is read. Values are
 not converted: a posted body takes JSON integers for ids and counts (not
 ``"1"``, ``1.0`` or ``true``), JSON numbers for ratings and ``true``/``false``
 for flags; in a query or path an integer is written with digits only (an
@@ -36,6 +38,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Sequence
 from importlib import resources
 from typing import Annotated, Any, Literal
 
@@ -44,6 +47,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from resrec import __version__
 from resrec.errors import ConfigError, ResrecError, UnknownIdError
@@ -54,6 +59,10 @@ log = logging.getLogger(__name__)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_N = 1000
 MAX_RATINGS = 10_000
+MAX_BODY_BYTES = 1 << 20
+"""The largest request body read (1 MiB: about 20,000 ratings); a larger one gets a 413."""
+
+DOCS_HINT = "see /docs for every endpoint and what each parameter expects"
 
 _WHOLE_NUMBER = re.compile(r"-?[0-9]+")
 
@@ -222,6 +231,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "Unknown user_id or movie_id"},
     422: {"description": "A value outside what is allowed"},
 }
+BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    413: {"model": ErrorOut, "description": f"A body larger than {MAX_BODY_BYTES:,} bytes"},
+}
 
 
 # --------------------------------------------------------------------------- app
@@ -241,8 +254,10 @@ def create_app(recommender: Recommender) -> FastAPI:
         "recommender trained on MovieLens. Ids are raw MovieLens ids.",
     )
     app.state.recommender = recommender
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     app.add_exception_handler(ResrecError, _resrec_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     _add_routes(app, recommender)
     web = resources.files("resrec") / "web"
     app.mount("/static", StaticFiles(directory=str(web)), name="static")
@@ -271,7 +286,19 @@ def _json(model: BaseModel) -> Response:
 
 async def _resrec_error(request: Request, exc: ResrecError) -> JSONResponse:
     status = 404 if isinstance(exc, UnknownIdError) else 422
-    return JSONResponse({"detail": exc.message, "hint": exc.hint}, status_code=status)
+    return JSONResponse({"detail": exc.message, "hint": exc.hint or DOCS_HINT}, status_code=status)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """Starlette's answers (an unknown path, a wrong method) with a hint added."""
+    body = {"detail": str(exc.detail), "hint": _HTTP_HINTS.get(exc.status_code, DOCS_HINT)}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+_HTTP_HINTS = {
+    404: f"no such endpoint; {DOCS_HINT}",
+    405: f"this endpoint takes another HTTP method; {DOCS_HINT}",
+}
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -284,7 +311,115 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
         {"loc": [str(part) for part in error.get("loc", ())], "msg": str(error.get("msg", ""))}
         for error in exc.errors()
     ]
-    return JSONResponse({"detail": detail}, status_code=422)
+    scale = request.app.state.recommender.scale
+    hint = validation_hint([e["loc"] for e in detail], scale.describe())
+    return JSONResponse({"detail": detail, "hint": hint}, status_code=422)
+
+
+def validation_hint(locations: Sequence[Sequence[str]], scale: str) -> str:
+    """What the first offending field expects, as one sentence."""
+    if not locations or not locations[0]:
+        return DOCS_HINT
+    where = locations[0]
+    name = next((part for part in reversed(where) if not part.isdigit()), where[-1])
+    expected = _FIELD_HINTS.get(name)
+    if expected is None:
+        if where[0] == "body" and len(where) > 1:
+            return f"{name} is not a field of the body; {_BODY_HINT}"
+        return DOCS_HINT
+    return f"{name} takes {expected.format(scale=scale)}"
+
+
+_DIGITS = "written with digits only (a JSON integer in a body)"
+_BODY_HINT = (
+    'post a JSON object such as {"ratings": [{"movie_id": 50, "rating": 5}], "n": 10}, '
+    "with optional include_rated, explain (true or false) and unknown ('error' or 'ignore')"
+)
+_FIELD_HINTS = {
+    "user_id": f"a whole number such as 196, {_DIGITS}",
+    "movie_id": f"a whole number such as 50, {_DIGITS}",
+    "n": f"a whole number from 1 to {MAX_N}, {_DIGITS}",
+    "limit": "a whole number from 1 to the endpoint's maximum, written with digits only",
+    "offset": "a whole number >= 0, written with digits only",
+    "q": "1 to 200 characters of a title",
+    "rating": "a JSON number on the run's rating scale ({scale}), such as 4 or 4.5",
+    "ratings": f"a list of 1 to {MAX_RATINGS:,} objects such as "
+    '{{"movie_id": 50, "rating": 5}}',
+    "fallback": "true or false",
+    "include_rated": "true or false",
+    "explain": "true or false",
+    "unknown": "'error' or 'ignore'",
+    "body": _BODY_HINT.replace("{", "{{").replace("}", "}}"),
+}
+
+
+class BodyLimit:
+    """ASGI middleware: answers 413 to a request body over ``limit`` bytes, unread.
+
+    A declared ``Content-Length`` over the limit is refused at once; a body
+    sent without one (chunked) is read up to the limit and refused on the
+    first byte beyond it.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = _content_length(scope)
+        if length is not None and length > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        if length is not None:
+            await self.app(scope, receive, send)
+            return
+        messages = await self._read_up_to_limit(receive)
+        if messages is None:
+            await self._refuse(scope, receive, send)
+            return
+        await self.app(scope, _replay(messages, receive), send)
+
+    async def _read_up_to_limit(self, receive: Receive) -> list[Message] | None:
+        """The body's messages, or None once they exceed the limit."""
+        messages: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                return None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return messages
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = {
+            "detail": f"the request body is larger than {self.limit:,} bytes",
+            "hint": f"send at most {MAX_RATINGS:,} ratings in a body under {self.limit:,} bytes",
+        }
+        response = JSONResponse(body, status_code=413, headers={"connection": "close"})
+        await response(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            text = value.decode("latin-1").strip()
+            return int(text) if text.isdigit() else None
+    return None
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """A ``receive`` that gives ``messages`` first, then waits on the real one."""
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed
 
 
 def _add_routes(app: FastAPI, rec: Recommender) -> None:
@@ -360,7 +495,7 @@ def _add_routes(app: FastAPI, rec: Recommender) -> None:
     @app.post(
         "/api/recommendations",
         response_model=RecommendationsOut,
-        responses=ERRORS,
+        responses=BODY_ERRORS,
         tags=["recommend"],
     )
     def new_user_recommendations(body: Annotated[NewUserIn, Body()]) -> Response:

@@ -43,9 +43,10 @@ import numpy as np
 from resrec.config import TrainConfig, preset
 from resrec.data.ratings import Ratings
 from resrec.errors import ConfigError
-from resrec.ranking import catalogue_coverage, ranking_metrics, top_k_movies
+from resrec.ranking import catalogue_coverage, check_threshold, ranking_metrics, top_k_movies
 from resrec.run import OutputKind, check_output_folder
 from resrec.split import Split, split_ratings
+from resrec.train.checkpoint import storage_error
 from resrec.workflow import Encoded, TrainResult, encode_ratings, fit, predict_indices
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,7 @@ def compare(
     target = None if out_dir is None else Path(out_dir)
     if target is not None:
         check_output_folder(target, overwrite=overwrite, kind=COMPARISON_OUTPUT)
+    check_threshold(threshold, ratings.ratings if isinstance(ratings, Encoded) else ratings)
     base = config or preset("accurate")
     configs = _model_configs(base, models, model_overrides or {})
     encoded = ratings if isinstance(ratings, Encoded) else encode_ratings(ratings)
@@ -239,8 +241,11 @@ class _Race:
 
 def _staging_folder(target: Path) -> Path:
     """A new hidden folder beside ``target`` to write the comparison into."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    except OSError as exc:
+        raise storage_error(exc, target) from None
 
 
 def _publish(staging: Path, target: Path, *, overwrite: bool) -> dict[str, Path]:

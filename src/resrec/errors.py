@@ -131,3 +131,12 @@ def echoed(value: object, limit: int = ECHO_LIMIT) -> str:
     except ValueError:
         return "a number too long to print"
     return shorten(text, limit)
+
+
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """``count`` and ``noun`` as a message writes them: ``1 bad row``, ``2 bad rows``.
+
+    The count gets thousands separators; ``plural`` defaults to ``noun + "s"``.
+    """
+    word = noun if count == 1 else (plural or f"{noun}s")
+    return f"{count:,} {word}"

@@ -30,11 +30,42 @@ Protocol (the usual one for explicit ratings):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from resrec.errors import ConfigError
+
+if TYPE_CHECKING:
+    from resrec.data.ratings import Ratings
+
 ScoreFunction = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def check_threshold(threshold: float, ratings: Ratings | None = None) -> None:
+    """Refuse a relevance threshold that is not finite or that no rating can reach.
+
+    With ``ratings``, the threshold must lie within their rating scale and at
+    least one rating must reach it; without, it must only be finite.
+    """
+    if not math.isfinite(threshold):
+        raise ConfigError(f"--threshold must be a finite rating; got {threshold}")
+    if ratings is None:
+        return
+    scale = ratings.scale
+    if not scale.low <= threshold <= scale.high:
+        raise ConfigError(
+            f"--threshold must be within the rating scale of {ratings.source} "
+            f"({scale.describe()}); got {threshold:g}"
+        )
+    if len(ratings) and not np.any(ratings.rating >= threshold):
+        raise ConfigError(
+            f"--threshold {threshold:g}: no rating in {ratings.source} reaches it, so no "
+            "movie would count as relevant",
+            hint=f"choose a threshold up to {float(ratings.rating.max()):g}",
+        )
 
 
 def rank_within_users(users: np.ndarray, movies: np.ndarray, scores: np.ndarray) -> np.ndarray:

@@ -51,6 +51,14 @@ from resrec.errors import ConfigError, ModelFileError
 from resrec.ids import IdMap
 from resrec.models.base import RatingModel, build_model
 from resrec.plots import plot_history
+from resrec.run_checks import (
+    RunInfo,
+    check_info,
+    check_state,
+    check_train_pairs,
+    read_id_maps,
+    read_object,
+)
 from resrec.train.checkpoint import (
     CHECKPOINT_NAME,
     fsync_directory,
@@ -183,8 +191,9 @@ class Run:
 
     def train_pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """User and movie indices of every training rating."""
-        with np.load(self.path / "train_pairs.npz", allow_pickle=False) as data:
-            return data["users"], data["movies"]
+        return check_train_pairs(
+            self.path / "train_pairs.npz", len(self.user_map), len(self.movie_map)
+        )
 
 
 def load_run(path: str | Path, *, verify: bool = True) -> Run:
@@ -193,9 +202,7 @@ def load_run(path: str | Path, *, verify: bool = True) -> Run:
     With ``verify`` (the default) every file is checked against
     ``checksums.json`` first, so a truncated or altered file is refused.
     """
-    run_dir = Path(path)
-    if not run_dir.is_dir():
-        raise ModelFileError(f"run directory {run_dir} does not exist")
+    run_dir = check_run_dir(path)
     missing = [name for name in REQUIRED_FILES if not (run_dir / name).is_file()]
     if missing:
         raise ModelFileError(
@@ -206,31 +213,49 @@ def load_run(path: str | Path, *, verify: bool = True) -> Run:
     if verify:
         verify_run(run_dir)
 
-    info = json.loads((run_dir / "config.json").read_text())
-    config = TrainConfig.from_dict(info["config"])
-    model_info = info["model"]
-    model = build_model(config, model_info["n_users"], model_info["n_movies"], seed=0)
-    try:
-        state = load_file(str(run_dir / "weights.safetensors"))
-        model.load_state_dict(state)
-    except (SafetensorError, RuntimeError, OSError) as exc:
-        raise ModelFileError(f"{run_dir / 'weights.safetensors'} cannot be loaded: {exc}") from None
-    model.eval()
-
-    with np.load(run_dir / "id_maps.npz", allow_pickle=False) as maps:
-        user_map = IdMap(maps["user_id"], "user")
-        movie_map = IdMap(maps["movie_id"], "movie")
+    config_path = run_dir / "config.json"
+    info = read_object(config_path)
+    checked = check_info(info, config_path)
+    users, movies = read_id_maps(run_dir / "id_maps.npz", checked, config_path)
+    model = _load_model(run_dir, checked)
     return Run(
         path=run_dir,
         model=model,
-        config=config,
-        user_map=user_map,
-        movie_map=movie_map,
-        mu=float(info["mu"]),
-        scale=RatingScale(**info["scale"]),
+        config=checked.config,
+        user_map=IdMap(users, "user"),
+        movie_map=IdMap(movies, "movie"),
+        mu=checked.mu,
+        scale=checked.scale,
         info=info,
-        metrics=json.loads((run_dir / "metrics.json").read_text()),
+        metrics=read_object(run_dir / "metrics.json"),
     )
+
+
+def check_run_dir(path: str | Path) -> Path:
+    """``path`` as a run directory; refuses a path that is missing or not a folder."""
+    run_dir = Path(path)
+    if run_dir.is_dir():
+        return run_dir
+    if run_dir.exists():
+        raise ModelFileError(
+            f"{run_dir} is a file, not a run directory",
+            hint="give the folder that 'resrec train' wrote (it holds config.json)",
+        )
+    raise ModelFileError(f"run directory {run_dir} does not exist")
+
+
+def _load_model(run_dir: Path, info: RunInfo) -> RatingModel:
+    """The model ``config.json`` describes, with the weights checked against it and loaded."""
+    weights = run_dir / "weights.safetensors"
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise ModelFileError(f"{weights} cannot be loaded: {exc}") from None
+    model = build_model(info.config, info.n_users, info.n_movies, seed=0)
+    check_state(model.state_dict(), state, weights, run_dir / "config.json")
+    model.load_state_dict(state)
+    model.eval()
+    return model
 
 
 def verify_run(run_dir: Path) -> None:

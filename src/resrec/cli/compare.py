@@ -14,13 +14,15 @@ from resrec.cli.common import (
     DUPLICATES_HELP,
     RatingsOptions,
     check_output_file,
+    describe_counts,
     load_ratings_from_options,
 )
 from resrec.cli.train import resolve_config
 from resrec.compare import COMPARISON_OUTPUT, MODEL_KINDS, compare
 from resrec.config import PRESETS, load_config_file
 from resrec.data.ratings import Ratings
-from resrec.errors import ConfigError
+from resrec.errors import ConfigError, counted
+from resrec.ranking import check_threshold
 from resrec.run import check_output_folder
 
 log = logging.getLogger("resrec.cli")
@@ -86,6 +88,7 @@ def compare_command(
 ) -> None:
     """Train several models on the same seeded splits; write a table and an RMSE plot."""
     config = resolve_config(preset_name, config_file, {"epochs": epochs, "threads": threads})
+    check_threshold(threshold)
     out = out or Path("runs") / f"compare-{_stamp()}"
     check_output_folder(out, overwrite=overwrite, kind=COMPARISON_OUTPUT)
     table = _read(ratings, dataset, layout, sep, header, columns, scale, duplicates)
@@ -142,8 +145,9 @@ def tune_command(
     table = _read(ratings, dataset, layout, sep, header, columns, scale, duplicates)
 
     result = tune(table, config=config, trials=trials, timeout=timeout, seed=seed, out=out)
+    trials_run = counted(len(result.trials), "trial")
     typer.echo(
-        f"best validation RMSE {result.best_valid_rmse:.4f} after {len(result.trials)} trials "
+        f"best validation RMSE {result.best_valid_rmse:.4f} after {trials_run} "
         f"({result.seconds:.0f}s); the test split was not scored"
     )
     typer.echo(f"config written to {out}; use it with: resrec train --config {out}")
@@ -162,8 +166,7 @@ def _read(
     options = RatingsOptions(ratings, dataset, layout, sep, header, columns, scale, duplicates)
     table = load_ratings_from_options(options)
     typer.echo(
-        f"read {len(table):,} ratings of {table.n_users:,} users and {table.n_movies:,} movies "
-        f"from {table.source}",
+        f"read {describe_counts(table)} from {table.source}",
         err=True,
     )
     return table

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from resrec.cli.app import app
+from resrec.errors import counted
 
 Opt = typer.Option
 
@@ -52,5 +53,5 @@ def synth(
         seed=seed,
         overwrite=overwrite,
     )
-    typer.echo(f"wrote {files.n_ratings:,} synthetic ratings to {files.ratings}")
+    typer.echo(f"wrote {counted(files.n_ratings, 'synthetic rating')} to {files.ratings}")
     typer.echo(f"wrote synthetic titles and genres to {files.movies}")

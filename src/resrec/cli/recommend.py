@@ -17,7 +17,7 @@ import typer
 
 from resrec.cli.app import app
 from resrec.cli.common import check_output_file
-from resrec.errors import ConfigError
+from resrec.errors import ConfigError, counted
 from resrec.inference import (
     Explanation,
     Movie,
@@ -204,12 +204,12 @@ def score(
     report = rec.score_file(pairs, out, fallback=fallback, max_reported=max(show_bad, 1))
     rate = report.scored / report.seconds if report.seconds > 0 else float("inf")
     typer.echo(
-        f"scored {report.scored:,} of {report.rows:,} rows in {report.seconds:.2f} s "
+        f"scored {report.scored:,} of {counted(report.rows, 'row')} in {report.seconds:.2f} s "
         f"({rate:,.0f} pairs/s) into {out}"
         + (f"; {report.fallback:,} with the bias estimate" if report.fallback else "")
     )
     if report.bad:
-        typer.echo(f"{report.bad:,} bad rows left out:", err=True)
+        typer.echo(f"{counted(report.bad, 'bad row')} left out:", err=True)
         for line, reason in report.bad_rows[:show_bad]:
             typer.echo(f"  {pairs}:{line}: {reason}", err=True)
         if report.bad > show_bad:
@@ -239,7 +239,7 @@ def _echo_recommendations(result: Recommendations, explain: bool) -> None:
     who = f"user_id {result.user_id}" if result.user_id is not None else "the new user"
     header = f"top {len(result.items)} for {who} ({result.estimate} estimate"
     if result.excluded_rated:
-        header += f"; {result.excluded_rated} rated movies left out"
+        header += f"; {counted(result.excluded_rated, 'rated movie')} left out"
     typer.echo(header + ")")
     _echo_note(result.note)
     if result.reason:

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from resrec.cli.app import app
-from resrec.errors import ConfigError, quoted
+from resrec.errors import ConfigError, counted, quoted
 
 Opt = typer.Option
 
@@ -50,12 +50,15 @@ def serve(
 
     from resrec.api import create_app
     from resrec.inference import Recommender
+    from resrec.inference.recommender import check_inference_model
+    from resrec.run import check_run_dir, load_run
 
-    if not run.is_dir():
-        raise ConfigError(f"run directory {run} does not exist")
+    check_run_dir(run)
     check_listen_address(host, port)
     torch.set_num_threads(threads)
     if workers > 1:
+        # Checked here once, so that a run the workers cannot serve stops the command.
+        check_inference_model(load_run(run).model, str(run))
         # Each worker process loads the run itself, once, through the app factory.
         os.environ["RESREC_RUN"] = str(run)
         os.environ["RESREC_MOVIES"] = str(movies or "")
@@ -65,11 +68,11 @@ def serve(
     else:
         recommender = Recommender.load(run, movies_path=movies)
         log.info(
-            "serving %s (%s, %d users, %d movies%s)",
+            "serving %s (%s, %s, %s%s)",
             run,
             recommender.kind,
-            recommender.n_users,
-            recommender.n_movies,
+            counted(recommender.n_users, "user"),
+            counted(recommender.n_movies, "movie"),
             ", with titles" if recommender.movies is not None else ", no titles",
         )
         target = create_app(recommender)

@@ -22,10 +22,15 @@ import typer
 from tqdm import tqdm
 
 from resrec.cli.app import app
-from resrec.cli.common import DUPLICATES_HELP, RatingsOptions, load_ratings_from_options
+from resrec.cli.common import (
+    DUPLICATES_HELP,
+    RatingsOptions,
+    describe_counts,
+    load_ratings_from_options,
+)
 from resrec.config import PRESETS, TrainConfig, load_config_file, preset
 from resrec.data.ratings import Ratings
-from resrec.errors import ConfigError, DivergenceError, ResrecError
+from resrec.errors import ConfigError, DivergenceError, ResrecError, counted
 from resrec.run import StagedRun, run_info
 from resrec.train import distributed
 from resrec.train.checkpoint import Checkpointer, load_checkpoint
@@ -405,10 +410,8 @@ def _absolute(options: RatingsOptions) -> RatingsOptions:
 
 
 def _describe(table: Ratings) -> str:
-    return (
-        f"{len(table):,} ratings of {table.n_users:,} users and {table.n_movies:,} movies "
-        f"from {table.source} ({table.layout}, ratings {table.scale.describe()})"
-    )
+    scale = table.scale.describe()
+    return f"{describe_counts(table)} from {table.source} ({table.layout}, ratings {scale})"
 
 
 def _command_line(ctx: Any) -> list[str]:
@@ -495,7 +498,7 @@ def _echo_summary(metrics: dict[str, Any], path: Path) -> None:
     if test:
         typer.echo(
             f"test RMSE {test['rmse']:.4f}  MAE {test['mae']:.4f}  MSE {test['mse']:.4f}  "
-            f"({test['n']:,} ratings, predictions clipped to the rating scale)"
+            f"({counted(test['n'], 'rating')}, predictions clipped to the rating scale)"
         )
     cold = metrics.get("split", {}).get("cold_test")
     if cold:

@@ -61,6 +61,15 @@ ML100K_GENRES: tuple[str, ...] = (
 NO_GENRES = "(no genres listed)"
 
 _CSV_NAMES = ("movies.csv", "movie.csv")
+
+MOVIES_FAMILY_OF_LAYOUT = {
+    "udata": "u.item",
+    "dat": "movies.dat",
+    "movielens-csv": "movies.csv",
+    "kaggle-csv": "movies.csv",
+    "tutorial-csv": "movies.csv",
+}
+"""The movies file layout that ships with each ratings layout of a MovieLens release."""
 _ARTICLE_LAST = re.compile(r"^(.*), (the|a|an|les|la|le|l'|il|el|der|die|das) (\(.*)$", re.I)
 
 
@@ -69,13 +78,15 @@ class Movies:
     """Titles and genres by ``movie_id``, in the order of the file.
 
     ``movie_id`` is an int64 array; ``title`` and ``genres`` are lists of the
-    same length.
+    same length. ``family`` names the layout the file was read as (see
+    :data:`MOVIES_FAMILY_OF_LAYOUT`), or is None for a table built in memory.
     """
 
     movie_id: np.ndarray
     title: list[str]
     genres: list[tuple[str, ...]]
     source: str = "<memory>"
+    family: str | None = None  # "u.item", "movies.dat" or "movies.csv": the file's layout
     _index: dict[int, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -212,8 +223,9 @@ def _decode(raw: bytes, path: Path) -> str:
 class _Builder:
     """Collects rows, checking ids and titles as they come."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, family: str) -> None:
         self.path = path
+        self.family = family
         self.movie_id: list[int] = []
         self.title: list[str] = []
         self.genres: list[tuple[str, ...]] = []
@@ -259,9 +271,8 @@ class _Builder:
     def build(self) -> Movies:
         if not self.title:
             raise DataError("the file lists no movies", path=self.path, line=2)
-        return Movies(
-            np.asarray(self.movie_id, dtype=np.int64), self.title, self.genres, str(self.path)
-        )
+        ids = np.asarray(self.movie_id, dtype=np.int64)
+        return Movies(ids, self.title, self.genres, str(self.path), self.family)
 
 
 def _lines(text: str) -> list[str]:
@@ -291,7 +302,7 @@ def _read_csv(path: Path, text: str) -> Movies:
             column=1,
         )
 
-    builder = _Builder(path)
+    builder = _Builder(path, "movies.csv")
     for number, line in enumerate(lines[1:], start=2):
         try:
             fields = next(csv.reader([line], strict=True), [])
@@ -307,7 +318,7 @@ def _read_csv(path: Path, text: str) -> Movies:
 
 
 def _read_dat(path: Path, text: str) -> Movies:
-    builder = _Builder(path)
+    builder = _Builder(path, "movies.dat")
     for number, line in enumerate(_lines(text), start=1):
         fields = line.split("::")
         if len(fields) < 3:
@@ -320,7 +331,7 @@ def _read_dat(path: Path, text: str) -> Movies:
 def _read_item(path: Path, text: str) -> Movies:
     genre_names = _item_genres(path)
     n_fields = 5 + len(genre_names)
-    builder = _Builder(path)
+    builder = _Builder(path, "u.item")
     for number, line in enumerate(_lines(text), start=1):
         fields = line.split("|")
         if len(fields) != n_fields:

@@ -57,7 +57,7 @@ from pathlib import Path
 import numpy as np
 
 from resrec.data.ratings import HALF_STARS, Ratings, RatingScale
-from resrec.errors import ConfigError
+from resrec.errors import ConfigError, counted
 
 logger = logging.getLogger(__name__)
 
@@ -260,10 +260,10 @@ def synthesize_with_truth(
         ],
     )
     logger.info(
-        "synthesized %d ratings (%d users, %d movies) in %.1f s",
-        len(ratings),
-        n_users,
-        n_movies,
+        "synthesized %s (%s, %s) in %.1f s",
+        counted(len(ratings), "rating"),
+        counted(n_users, "user"),
+        counted(n_movies, "movie"),
         time.perf_counter() - started,
     )
     return ratings, truth

@@ -22,6 +22,7 @@ from resrec.errors import (
     DataError,
     ModelFileError,
     UnknownIdError,
+    counted,
     quoted,
     shorten,
 )
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _PREPARE_AFTER = 16  # top-N queries answered by scoring every movie before bounds are built
+MIN_MOVIE_COVERAGE = 0.9  # share of trained movies a movies file must list to look right
 
 # --------------------------------------------------------------------------- recommender
 
@@ -106,11 +108,7 @@ class Recommender:
         threads: int = 1,
         bounds: bool = True,
     ) -> None:
-        if not hasattr(model, "user_factors") or not hasattr(model, "movie_factors"):
-            raise ModelFileError(
-                f"{type(model).__name__} has no embeddings; inference supports "
-                "the residual, mf and deep models"
-            )
+        check_inference_model(model, name)
         self.name = name
         self.kind = type(model).__name__
         self.user_map = user_map
@@ -145,12 +143,13 @@ class Recommender:
         from resrec.run import load_run
 
         run = load_run(run_path)
+        check_inference_model(run.model, str(run.path))
         return cls.from_run(run, movies=_load_movies(run, movies_path))
 
     @classmethod
     def from_run(cls, run: Run, *, movies: Movies | None = None) -> Recommender:
         users, movie_rows = run.train_pairs()
-        return cls(
+        recommender = cls(
             run.model,
             run.user_map,
             run.movie_map,
@@ -162,6 +161,10 @@ class Recommender:
             noise_variance=_noise_variance(run.metrics),
             name=str(run.path),
         )
+        if movies is not None:
+            trained = recommender.movie_map.raw_ids[recommender.trained_movies]
+            warn_if_foreign_movies(movies, str(run.info.get("data", {}).get("layout")), trained)
+        return recommender
 
     def _load_tables(self, model: RatingModel) -> None:
         self.has_biases = bool(getattr(model, "uses_biases", False))
@@ -568,7 +571,7 @@ class Recommender:
             )
         reason = None
         if len(items) < n:
-            reason = f"only {candidates} movies could be recommended"
+            reason = f"only {counted(candidates, 'movie')} could be recommended"
         return Recommendations(user_id, items, estimate, excluded, candidates, note, reason)
 
     def prepare_top_n(self) -> None:
@@ -746,7 +749,13 @@ class Recommender:
         return index[known], known, ignored
 
     def _check_ratings(self, values: np.ndarray) -> None:
-        bad = ~np.isfinite(values) | ~self.scale.on_scale(values)
+        finite = np.isfinite(values)
+        if not finite.all():
+            raise ConfigError(
+                f"rating {float(values[~finite][0])} is not a finite number, so not on the "
+                f"rating scale ({self.scale.describe()})"
+            )
+        bad = ~self.scale.on_scale(values)
         if bad.any():
             raise ConfigError(
                 f"rating {float(values[bad][0]):g} is not on the rating scale "
@@ -812,7 +821,7 @@ class Recommender:
         """
         _check_n(n)
         user = self.fold_in(ratings, unknown=unknown)
-        note = f"folded in from {user.movie_index.size} ratings"
+        note = f"folded in from {counted(user.movie_index.size, 'rating')}"
         if user.ignored:
             note += f"; ignored unknown movie_ids {user.ignored}"
         return self._top_n(
@@ -885,6 +894,21 @@ class Recommender:
 # --------------------------------------------------------------------------- helpers
 
 
+_KIND_OF = {"Biases": "biases", "GlobalMean": "global-mean"}
+
+
+def check_inference_model(model: RatingModel, name: str) -> None:
+    """Refuse a model without embeddings (``biases``, ``global-mean``), naming the run."""
+    if hasattr(model, "user_factors") and hasattr(model, "movie_factors"):
+        return
+    kind = _KIND_OF.get(type(model).__name__, type(model).__name__)
+    raise ModelFileError(
+        f"{name} holds a {kind} model, which has no embeddings; predict, recommend, score, "
+        "explain, similar and serve need a residual, mf or deep run: train one with "
+        "'resrec train --model residual' (or mf, deep)"
+    )
+
+
 def _index_in(id_map: IdMap, raw_id: int) -> int:
     """The index of one raw id, or -1 (also for ids beyond int64, which no map holds)."""
     if not -(2**63) <= int(raw_id) < 2**63:
@@ -930,6 +954,11 @@ def parse_rated(text: str) -> list[tuple[int, float]]:
                 f"--rated item {number}: movie_id {quoted(movie)} is out of range: "
                 "ids are 64-bit integers"
             )
+        if not math.isfinite(float(rating)):
+            raise ConfigError(
+                f"--rated item {number}: rating {quoted(rating)} is not a finite number; "
+                "expected a rating such as 4 or 4.5"
+            )
         pairs.append((int(movie), float(rating)))
     return pairs
 
@@ -962,6 +991,36 @@ def _noise_variance(metrics: Mapping[str, Any]) -> float | None:
     return None
 
 
+def warn_if_foreign_movies(movies: Movies, layout: str, trained_ids: np.ndarray) -> None:
+    """Log a warning when ``movies`` looks like another release's file than the ratings'.
+
+    It does when its layout is not the one that ships with ``layout`` (the
+    ratings layout of the run), or when it lists fewer than
+    :data:`MIN_MOVIE_COVERAGE` of ``trained_ids``: its titles would then be
+    put on the wrong movies.
+    """
+    from resrec.data.movies import MOVIES_FAMILY_OF_LAYOUT
+
+    reasons = []
+    expected = MOVIES_FAMILY_OF_LAYOUT.get(layout)
+    if expected and movies.family and movies.family != expected:
+        reasons.append(
+            f"a {movies.family} file, but the run's {layout} ratings come with {expected}"
+        )
+    listed = int(np.isin(trained_ids, movies.movie_id).sum())
+    coverage = listed / trained_ids.size if trained_ids.size else 1.0
+    if coverage < MIN_MOVIE_COVERAGE:
+        reasons.append(f"fewer than {MIN_MOVIE_COVERAGE:.0%} of the trained movies listed")
+    if reasons:
+        log.warning(
+            "movies file %s may belong to another MovieLens release (%s): it lists %s of the "
+            "model's %s (%.1f%%); titles and genres may be wrong",
+            movies.source, "; ".join(reasons), f"{listed:,}",
+            counted(trained_ids.size, "trained movie"),
+            100 * coverage,
+        )  # fmt: skip
+
+
 def _load_movies(run: Run, movies_path: str | Path | None) -> Movies | None:
     from resrec.data.movies import find_movies_file, read_movies
 
@@ -980,5 +1039,5 @@ def _load_movies(run: Run, movies_path: str | Path | None) -> Movies | None:
     except DataError as exc:
         log.warning("ignoring movie metadata in %s: %s", found, exc)
         return None
-    log.info("movie metadata from %s (%d movies)", found, len(movies))
+    log.info("movie metadata from %s (%s)", found, counted(len(movies), "movie"))
     return movies

@@ -178,6 +178,10 @@ function explanationCell(explanation, largest) {
   return cell;
 }
 
+function counted(count, noun) {
+  return `${count.toLocaleString()} ${noun}${count === 1 ? "" : "s"}`;
+}
+
 function signed(value) {
   return `${value < 0 ? "−" : "+"} ${Math.abs(value).toFixed(2)}`;
 }
@@ -192,12 +196,12 @@ async function start() {
     const health = await api("/api/health");
     state.scale = health.rating_scale;
     $("about").textContent =
-      `${health.model} model: ${health.known_users.toLocaleString()} users, ` +
-      `${health.known_movies.toLocaleString()} movies, ratings ${health.rating_scale.low}` +
+      `${health.model} model: ${counted(health.known_users, "user")}, ` +
+      `${counted(health.known_movies, "movie")}, ratings ${health.rating_scale.low}` +
       `–${health.rating_scale.high}` + (health.movie_metadata ? "" : " (no titles loaded)");
     const users = await api("/api/users?limit=50");
     for (const user of users.items) {
-      $("user-ids").append(new Option(`${user.n_ratings} ratings`, String(user.user_id)));
+      $("user-ids").append(new Option(counted(user.n_ratings, "rating"), String(user.user_id)));
     }
     document.body.dataset.ready = "true";
   } catch (error) {
