@@ -215,6 +215,8 @@ def load_run(path: str | Path, *, verify: bool = True) -> Run:
         model.load_state_dict(state)
     except (SafetensorError, RuntimeError, OSError) as exc:
         raise ModelFileError(f"{run_dir / 'weights.safetensors'} cannot be loaded: {exc}") from None
+    if config.implicit_feedback:
+        model.set_rated(*_rated_pairs(run_dir))
     model.eval()
 
     with np.load(run_dir / "id_maps.npz", allow_pickle=False) as maps:
@@ -231,6 +233,19 @@ def load_run(path: str | Path, *, verify: bool = True) -> Run:
         info=info,
         metrics=json.loads((run_dir / "metrics.json").read_text()),
     )
+
+
+def _rated_pairs(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The training ratings' user and movie indices, which implicit feedback needs."""
+    path = run_dir / "train_pairs.npz"
+    if not path.is_file():
+        raise ModelFileError(
+            f"{path} is missing: the model uses implicit feedback, which needs the "
+            "movies each user rated in training",
+            hint="restore the file from a copy, or retrain",
+        )
+    with np.load(path, allow_pickle=False) as data:
+        return data["users"], data["movies"]
 
 
 def verify_run(run_dir: Path) -> None:
