@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from resrec.config import TrainConfig
+from resrec.config import TrainConfig, preset
 from resrec.errors import ConfigError, ModelFileError
 from resrec.inference import Recommender
 from resrec.models import ResidualNet, build_model
@@ -171,3 +171,10 @@ def test_the_fused_step_refuses_implicit_feedback(trained: TrainResult) -> None:
 def test_l2_implicit_must_not_be_negative() -> None:
     with pytest.raises(ConfigError, match="l2_implicit"):
         CONFIG.replace(l2_implicit=-0.1)
+
+
+def test_only_the_accurate_preset_turns_it_on() -> None:
+    assert preset("accurate").implicit_feedback
+    assert not preset("tutorial").implicit_feedback
+    assert not preset("fast").implicit_feedback
+    assert not hasattr(build_model(preset("tutorial"), 5, 7, seed=0), "implicit_factors")

@@ -9,6 +9,16 @@ For user u and movie m (DESIGN.md)::
     r_hat      = mu + side (ReLU, no b_u / b_m)   (DeepNet)
 
 All three return ``r_hat - mu``; the caller adds mu.
+
+With ``implicit=True`` (config ``implicit_feedback``), p_u is replaced everywhere
+by the SVD++ user vector::
+
+    p_u + |N(u)|^-1/2 * sum of y_j over j in N(u)
+
+where N(u) holds the movies u rated in the training split (given by
+:meth:`_FactorModel.set_rated`) and y_j is one more learned K-vector per movie.
+y is a dense parameter, differentiated through :meth:`derived_rows`; it starts
+at zero, so an untrained model predicts what the plain one does.
 """
 
 from __future__ import annotations
