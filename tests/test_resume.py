@@ -60,6 +60,16 @@ CONFIGS = {
     "adam-dropout": preset("fast").replace(
         epochs=4, batch_size=64, lr=0.01, dropout=0.3, hidden=(16,)
     ),
+    # Implicit feedback and count-scaled l2: two dense parameter groups, N(u) rebuilt.
+    "implicit": preset("fast").replace(
+        epochs=4,
+        batch_size=64,
+        lr=0.01,
+        hidden=(16,),
+        implicit_feedback=True,
+        l2_implicit=0.003,
+        l2_count_power=0.5,
+    ),
     # Early stopping: the best epoch's weights travel in the checkpoint.
     "early-stopping": preset("tutorial").replace(
         epochs=12, batch_size=64, lr=0.05, valid_fraction=0.1, early_stopping=2, hidden=(16,)

@@ -4,10 +4,13 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from resrec.config import TrainConfig, preset
-from resrec.data.ratings import Ratings
-from resrec.errors import DivergenceError
+from resrec.data.ratings import WHOLE_STARS, Ratings
+from resrec.errors import ConfigError, DivergenceError
+from resrec.models import build_model
+from resrec.train.trainer import Examples, Trainer
 from resrec.workflow import fit
 
 
@@ -70,3 +73,52 @@ def test_early_stopping_restores_the_best_validation_epoch(small_ratings: Rating
     assert result.metrics["best_epoch"] == best["epoch"]
     assert result.metrics["epochs_run"] <= 40
     assert result.metrics["valid"]["rmse"] == pytest.approx(best["valid_rmse"], rel=1e-6)
+
+
+def _one_full_batch_step(power: float, l2: float) -> torch.Tensor:
+    """User factors after one plain-SGD step on a single batch of every rating."""
+    users = np.array([0, 0, 0, 0, 1, 2, 2])
+    movies = np.array([0, 1, 2, 3, 0, 1, 3])
+    train = Examples.from_numpy(users, movies, np.full(7, 4.0))
+    config = TrainConfig(
+        model="mf",
+        embedding_dim=3,
+        optimizer="sgd",
+        momentum=0.0,
+        lr=0.1,
+        l2=l2,
+        l2_count_power=power,
+        batch_size=7,
+        epochs=1,
+        threads=1,
+    )
+    model = build_model(config, 3, 4, seed=0)
+    trainer = Trainer(model, config, train, mu=3.5, scale=WHOLE_STARS, fused=False)
+    trainer.run_epoch()
+    return model.user_factors.weight.detach().clone()
+
+
+@pytest.mark.parametrize("power", [1.0, 0.5, 0.0])
+def test_l2_count_power_scales_each_row_by_its_rating_count(power: float) -> None:
+    model = build_model(TrainConfig(model="mf", embedding_dim=3), 3, 4, seed=0)
+    start = model.user_factors.weight.detach()
+    plain = _one_full_batch_step(power, 0.0)
+    penalised = _one_full_batch_step(power, 0.3)
+
+    # d/dp_u of l2 * (sum over u's n_u occurrences of n_u^(power-1) |p_u|^2) / 7
+    counts = torch.tensor([4.0, 1.0, 2.0])
+    expected = -0.1 * 2 * 0.3 * counts[:, None] ** power * start / 7
+    torch.testing.assert_close(penalised - plain, expected)
+
+
+def test_l2_count_power_must_lie_in_zero_to_one() -> None:
+    with pytest.raises(ConfigError, match="l2_count_power"):
+        TrainConfig(l2_count_power=1.5)
+
+
+def test_the_fused_step_is_left_out_when_l2_is_scaled_by_counts(small_ratings: Ratings) -> None:
+    config = preset("fast").replace(epochs=1, l2_count_power=0.5)
+    scaled = fit(small_ratings, config).trainer
+    plain = fit(small_ratings, config.replace(l2_count_power=1.0)).trainer
+    assert scaled is not None and scaled.fused is None
+    assert plain is not None and plain.fused is not None

@@ -254,8 +254,22 @@ def _load_model(run_dir: Path, info: RunInfo) -> RatingModel:
     model = build_model(info.config, info.n_users, info.n_movies, seed=0)
     check_state(model.state_dict(), state, weights, run_dir / "config.json")
     model.load_state_dict(state)
+    if info.config.implicit_feedback:
+        model.set_rated(*_rated_pairs(run_dir, info))
     model.eval()
     return model
+
+
+def _rated_pairs(run_dir: Path, info: RunInfo) -> tuple[np.ndarray, np.ndarray]:
+    """The training ratings' user and movie indices, which implicit feedback needs."""
+    path = run_dir / "train_pairs.npz"
+    if not path.is_file():
+        raise ModelFileError(
+            f"{path} is missing: the model uses implicit feedback, which needs the "
+            "movies each user rated in training",
+            hint="restore the file from a copy, or retrain",
+        )
+    return check_train_pairs(path, info.n_users, info.n_movies)
 
 
 def verify_run(run_dir: Path) -> None:

@@ -181,6 +181,7 @@ def fit(
     rank = 0 if process is None else process.rank
     torch.manual_seed(config.seed + rank)  # dropout draws from torch's global generator
     model = build_model(config, len(encoded.user_map), len(encoded.movie_map), seed=config.seed)
+    model.set_rated(encoded.users[split.train], encoded.movies[split.train])  # N(u), if used
     eval_sets = {"valid": encoded.examples(split.valid), "test": encoded.examples(split.test)}
     trainer = Trainer(
         model,
@@ -292,6 +293,7 @@ _FIXED_ON_RESUME = (
     "hidden",
     "activation",
     "batch_norm",
+    "implicit_feedback",
     "optimizer",
     "test_fraction",
     "valid_fraction",

@@ -170,7 +170,8 @@ class Recommender:
         self.has_biases = bool(getattr(model, "uses_biases", False))
         has_side = bool(getattr(model, "uses_side", False))
         with torch.no_grad():
-            user_factors: Tensor = model.user_factors.weight  # type: ignore[union-attr,assignment]
+            # The user vectors the model uses (with implicit feedback, p_u plus its term).
+            user_factors: Tensor = model.user_table()  # type: ignore[operator]
             movie_factors: Tensor = model.movie_factors.weight  # type: ignore[union-attr,assignment]
             self.P = user_factors.detach().float().clone().contiguous()
             self.Q = movie_factors.detach().float().clone().contiguous()

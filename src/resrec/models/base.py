@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -36,10 +37,27 @@ class RatingModel(nn.Module):
 
     def gather(self, users: Tensor, movies: Tensor) -> dict[str, Tensor]:
         index = {"user": users, "movie": movies}
-        return {
+        rows = {
             name: table.weight.index_select(0, index[side])
             for name, (table, side) in self.row_tables().items()
         }
+        rows.update(self.derived_rows(users, movies))
+        return rows
+
+    def set_rated(self, users: np.ndarray | Tensor, movies: np.ndarray | Tensor) -> None:
+        """Tell the model which movies each user rated in training.
+
+        ``users`` and ``movies`` are the indices of the training ratings. Only
+        models with implicit feedback use them; for the others this does nothing.
+        """
+
+    def derived_rows(self, users: Tensor, movies: Tensor) -> dict[str, Tensor]:
+        """Per-pair inputs of :meth:`forward_rows` computed from dense parameters.
+
+        Unlike the rows of :meth:`row_tables`, these are differentiated through
+        to the dense parameters they come from. None by default.
+        """
+        return {}
 
     def forward(self, users: Tensor, movies: Tensor) -> Tensor:
         return self.forward_rows(self.gather(users, movies))

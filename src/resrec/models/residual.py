@@ -9,6 +9,16 @@ For user u and movie m (DESIGN.md)::
     r_hat      = mu + side (ReLU, no b_u / b_m)   (DeepNet)
 
 All three return ``r_hat - mu``; the caller adds mu.
+
+With ``implicit=True`` (config ``implicit_feedback``), p_u is replaced everywhere
+by the SVD++ user vector::
+
+    p_u + |N(u)|^-1/2 * sum of y_j over j in N(u)
+
+where N(u) holds the movies u rated in the training split (given by
+:meth:`_FactorModel.set_rated`) and y_j is one more learned K-vector per movie.
+y is a dense parameter, differentiated through :meth:`derived_rows`; it starts
+at zero, so an untrained model predicts what the plain one does.
 """
 
 from __future__ import annotations
@@ -16,7 +26,9 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from resrec.models.base import RatingModel, keras_uniform_
@@ -86,6 +98,9 @@ class _FactorModel(RatingModel):
     uses_biases = True
     uses_side = True
     default_activation: str | None = None
+    rated_ptr: Tensor  # implicit feedback: N(u) as CSR row pointers, (n_users + 1,)
+    rated_movies: Tensor  # the movie indices of every N(u), user after user
+    rated_norm: Tensor  # |N(u)| ** -1/2, 0 for a user without training ratings
 
     def __init__(
         self,
@@ -98,6 +113,7 @@ class _FactorModel(RatingModel):
         dropout: float = 0.0,
         batch_norm: bool = False,
         init_scale: float = 0.05,
+        implicit: bool = False,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
@@ -124,6 +140,79 @@ class _FactorModel(RatingModel):
                 batch_norm=batch_norm,
                 generator=generator,
             )
+        self.implicit = implicit
+        if implicit:
+            # y_j, one per movie; zero at first, so training starts from the plain model.
+            self.implicit_factors = nn.Embedding(n_movies, embedding_dim)
+            nn.init.zeros_(self.implicit_factors.weight)
+            # N(u), the movies each user rated in training, as CSR (set_rated fills it).
+            # Not saved with the weights: a run keeps them in train_pairs.npz.
+            self.register_buffer("rated_ptr", torch.zeros(n_users + 1, dtype=torch.int64), False)
+            self.register_buffer("rated_movies", torch.zeros(0, dtype=torch.int64), False)
+            self.register_buffer("rated_norm", torch.zeros(n_users), False)
+
+    def set_rated(self, users: np.ndarray | Tensor, movies: np.ndarray | Tensor) -> None:
+        """Record N(u), the movies each user rated in training (implicit feedback only).
+
+        ``users`` and ``movies`` are the user and movie indices of the training
+        ratings. A user without training ratings gets no implicit term.
+        """
+        if not self.implicit:
+            return
+        users_t = torch.as_tensor(np.asarray(users), dtype=torch.int64)
+        movies_t = torch.as_tensor(np.asarray(movies), dtype=torch.int64)
+        order = torch.argsort(users_t * self.n_movies + movies_t)
+        counts = torch.bincount(users_t, minlength=self.n_users)
+        device = self.rated_ptr.device
+        self.rated_ptr = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)]).to(device)
+        self.rated_movies = movies_t[order].to(device)
+        norm = counts.to(torch.float32).clamp(min=1).rsqrt() * (counts > 0)
+        self.rated_norm = norm.to(device)
+
+    def derived_rows(self, users: Tensor, movies: Tensor) -> dict[str, Tensor]:
+        """``user_implicit``: |N(u)|^-1/2 * sum of y_j over j in N(u), per pair."""
+        if not self.implicit:
+            return {}
+        # One bag per distinct user of the batch, then one row per pair.
+        distinct, inverse = torch.unique(users, return_inverse=True)
+        start = self.rated_ptr.index_select(0, distinct)
+        counts = self.rated_ptr.index_select(0, distinct + 1) - start
+        offsets = counts.cumsum(0) - counts
+        total = int(counts.sum())
+
+        # Where each bag's movies lie in rated_movies, and their weights.
+        shift = torch.repeat_interleave(start - offsets, counts, output_size=total)
+        where = torch.arange(total, device=users.device) + shift
+        norms = self.rated_norm.index_select(0, distinct)
+        weights = torch.repeat_interleave(norms, counts, output_size=total)
+
+        bags = F.embedding_bag(
+            self.rated_movies.index_select(0, where),
+            self.implicit_factors.weight,
+            offsets,
+            mode="sum",
+            per_sample_weights=weights,
+        )  # (distinct users, K)
+        return {"user_implicit": bags.index_select(0, inverse)}
+
+    @torch.no_grad()
+    def user_table(self) -> Tensor:
+        """Every user's vector as the model uses it: p_u, plus the implicit term if any.
+
+        Inference works on this table, so a model with implicit feedback is
+        served like one without (shape ``(n_users, embedding_dim)``).
+        """
+        p = self.user_factors.weight.detach()
+        if not self.implicit:
+            return p
+        users = torch.arange(self.n_users, device=p.device)
+        return p + self.derived_rows(users, users)["user_implicit"]
+
+    def user_vectors(self, rows: dict[str, Tensor]) -> Tensor:
+        """p_u, plus the implicit term when the model has one."""
+        if self.implicit:
+            return rows["user_factors"] + rows["user_implicit"]
+        return rows["user_factors"]
 
     @classmethod
     def from_config(
@@ -138,6 +227,7 @@ class _FactorModel(RatingModel):
             dropout=config.dropout,
             batch_norm=config.batch_norm,
             init_scale=config.init_scale,
+            implicit=config.implicit_feedback,
             generator=generator,
         )
 
@@ -161,11 +251,12 @@ class _FactorModel(RatingModel):
         zero = torch.zeros(users.shape[0], dtype=rows["user_factors"].dtype)
         out = {"dot": zero, "user_bias": zero, "movie_bias": zero, "side": zero}
         if self.uses_biases:
-            out["dot"] = (rows["user_factors"] * rows["movie_factors"]).sum(-1)
+            out["dot"] = (self.user_vectors(rows) * rows["movie_factors"]).sum(-1)
             out["user_bias"] = rows["user_bias"].squeeze(-1)
             out["movie_bias"] = rows["movie_bias"].squeeze(-1)
         if self.uses_side:
-            out["side"] = self.side(torch.cat([rows["user_factors"], rows["movie_factors"]], -1))
+            p = self.user_vectors(rows)
+            out["side"] = self.side(torch.cat([p, rows["movie_factors"]], -1))
         return out
 
 
@@ -173,7 +264,7 @@ class ResidualNet(_FactorModel):
     """Matrix-factorisation branch plus an MLP side branch, added (the reference)."""
 
     def forward_rows(self, rows: dict[str, Tensor]) -> Tensor:
-        p, q = rows["user_factors"], rows["movie_factors"]
+        p, q = self.user_vectors(rows), rows["movie_factors"]
         main = (p * q).sum(-1) + rows["user_bias"].squeeze(-1) + rows["movie_bias"].squeeze(-1)
         return main + self.side(torch.cat([p, q], -1))
 
@@ -184,7 +275,7 @@ class MFNet(_FactorModel):
     uses_side = False
 
     def forward_rows(self, rows: dict[str, Tensor]) -> Tensor:
-        p, q = rows["user_factors"], rows["movie_factors"]
+        p, q = self.user_vectors(rows), rows["movie_factors"]
         return (p * q).sum(-1) + rows["user_bias"].squeeze(-1) + rows["movie_bias"].squeeze(-1)
 
 
@@ -195,4 +286,5 @@ class DeepNet(_FactorModel):
     default_activation = "relu"
 
     def forward_rows(self, rows: dict[str, Tensor]) -> Tensor:
-        return self.side(torch.cat([rows["user_factors"], rows["movie_factors"]], -1))
+        p, q = self.user_vectors(rows), rows["movie_factors"]
+        return self.side(torch.cat([p, q], -1))

@@ -115,6 +115,8 @@ def _shape(model: nn.Module) -> _Shape | str:
     params = list(model.parameters())
     if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in params):
         return "the model is not float32 on the CPU"
+    if model.implicit:
+        return "the model has implicit feedback"
     k = int(model.embedding_dim)
     main = bool(model.uses_biases)
     if not model.uses_side:

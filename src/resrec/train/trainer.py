@@ -162,6 +162,7 @@ class Trainer:
         self.best_state: dict[str, Any] | None = None
         self.stopped = False
         self._targets = self.train.ratings - self.mu
+        self._l2_scale = self._count_scale() if config.l2_count_power != 1 else None
         self.row_optimizer = self._make_row_optimizer()
         self.dense_optimizer = self._make_dense_optimizer()
         self.fused = self._make_fused(fused)
@@ -184,13 +185,37 @@ class Trainer:
         params = self.model.dense_parameters()
         if not params:
             return None
+        # The implicit-feedback table y has its own weight decay, l2_implicit.
+        implicit = getattr(self.model, "implicit_factors", None)
+        groups: list[dict[str, Any]] = [{"params": params}]
+        if implicit is not None:
+            groups = [
+                {"params": [p for p in params if p is not implicit.weight]},
+                {"params": [implicit.weight], "weight_decay": c.l2_implicit},
+            ]
         if c.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.l2_dense)
+            return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, weight_decay=c.l2_dense)
         if c.optimizer == "adam":
             return torch.optim.Adam(
-                params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.l2_dense, foreach=True
+                groups, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.l2_dense, foreach=True
             )
-        return torch.optim.Adagrad(params, lr=c.lr, eps=c.eps, weight_decay=c.l2_dense)
+        return torch.optim.Adagrad(groups, lr=c.lr, eps=c.eps, weight_decay=c.l2_dense)
+
+    def _count_scale(self) -> dict[str, Tensor]:
+        """Per row, n ** (l2_count_power - 1), n being its number of training ratings.
+
+        A row occurs n times an epoch, so its l2 per epoch is proportional to
+        n ** l2_count_power.
+        """
+        power = self.config.l2_count_power - 1
+        counts = {
+            "user": torch.bincount(self.train.users, minlength=self.model.n_users),
+            "movie": torch.bincount(self.train.movies, minlength=self.model.n_movies),
+        }
+        return {
+            side: n.clamp(min=1).to(torch.float64).pow(power).to(torch.float32)
+            for side, n in counts.items()
+        }
 
     def _make_fused(self, wanted: bool | None) -> FusedEngine | None:
         """The autograd-free step of :mod:`resrec.train.fused` where it applies.
@@ -200,6 +225,8 @@ class Trainer:
         reason = unsupported_reason(self.model, self.row_optimizer, self.dense_optimizer)
         if self.sync is not None or self.world_size != 1 or self.device.type != "cpu":
             reason = "distributed or non-CPU training"
+        if self._l2_scale is not None:
+            reason = "l2_count_power is not 1"
         if wanted is False or (reason is not None and wanted is None):
             return None
         if reason is not None:
@@ -281,12 +308,13 @@ class Trainer:
                 name: table.weight.detach().index_select(0, index[side]).requires_grad_()
                 for name, (table, side) in tables.items()
             }
-            err = model.forward_rows(rows) - targets[lo:hi]
+            derived = model.derived_rows(index["user"], index["movie"])
+            err = model.forward_rows({**rows, **derived}) - targets[lo:hi]
             sq = (err * err).sum()
             # Divide by the global batch size so gradients add up across processes.
             loss = sq / batch_size
             if c.l2 > 0:
-                loss = loss + c.l2 * sum((r * r).sum() for r in rows.values()) / batch_size
+                loss = loss + c.l2 * self._penalty(tables, rows, index) / batch_size
 
             if self.dense_optimizer is not None:
                 self.dense_optimizer.zero_grad(set_to_none=True)
@@ -311,6 +339,21 @@ class Trainer:
         if self.sync is not None:
             totals = self.sync.total(totals)
         return float(totals[0]) / n, float(totals[1]) / n
+
+    def _penalty(
+        self,
+        tables: dict[str, tuple[nn.Embedding, str]],
+        rows: dict[str, Tensor],
+        index: dict[str, Tensor],
+    ) -> Tensor:
+        """Sum of squares of the batch's rows, each scaled by its count (see l2_count_power)."""
+        if self._l2_scale is None:
+            return sum((r * r).sum() for r in rows.values())  # type: ignore[return-value]
+        total = torch.zeros((), device=self.device)
+        for name, (_, side) in tables.items():
+            scale = self._l2_scale[side].index_select(0, index[side])
+            total = total + ((rows[name] * rows[name]).sum(-1) * scale).sum()
+        return total
 
     def _shard_bounds(self, lo: int, hi: int) -> tuple[int, int]:
         """The part of rows ``lo:hi`` that this process trains on."""
