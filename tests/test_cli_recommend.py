@@ -160,3 +160,13 @@ def test_score_reports_bad_lines(run_dir: Path, tmp_path: Path) -> None:
         "score", run_dir, "--pairs", pairs, "--out", out, "--fail-on-bad", "--overwrite"
     )
     assert strict.exit_code == 1
+
+
+def test_recommend_for_new_ratings_can_skip_unknown_movies(run_dir: Path) -> None:
+    refused = invoke("recommend", run_dir, "--rated", "2:5,424242:4,8:1", "-n", "3")
+    assert refused.exit_code == 1 and "--ignore-unknown" in refused.output
+    result = invoke(
+        "recommend", run_dir, "--rated", "2:5,424242:4,8:1", "-n", "3", "--ignore-unknown"
+    )
+    assert result.exit_code == 0, result.output
+    assert "top 3 for the new user" in result.output and "424242" in result.output

@@ -100,6 +100,10 @@ def recommend(
     ] = False,
     fallback: FallbackOpt = False,
     explain: Annotated[bool, Opt("--explain", help="Add each prediction's terms.")] = False,
+    ignore_unknown: Annotated[
+        bool,
+        Opt("--ignore-unknown", help="With --rated: skip movies the model does not know."),
+    ] = False,
     movies: MoviesOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -116,7 +120,11 @@ def recommend(
         if fallback:
             raise ConfigError("--fallback applies to --user; a new user from --rated needs none")
         result = rec.recommend_for_ratings(
-            parse_rated(rated), n, include_rated=include_rated, explain=explain
+            parse_rated(rated),
+            n,
+            include_rated=include_rated,
+            unknown="ignore" if ignore_unknown else "error",
+            explain=explain,
         )
     if as_json:
         _echo_json(result)

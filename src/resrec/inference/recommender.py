@@ -745,7 +745,8 @@ class Recommender:
         if ignored and unknown == "error":
             raise UnknownIdError(
                 str(self._unknown("movie", ignored[0]).message),
-                hint="rate movies the model was trained on, or ignore unknown ones",
+                hint="rate movies the model was trained on, or skip unknown ones "
+                "(--ignore-unknown; 'unknown': 'ignore' in the HTTP API)",
             )
         return index[known], known, ignored
 
