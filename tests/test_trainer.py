@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import Tensor
 
 from resrec.config import TrainConfig, preset
 from resrec.data.ratings import WHOLE_STARS, Ratings
@@ -122,3 +123,33 @@ def test_the_fused_step_is_left_out_when_l2_is_scaled_by_counts(small_ratings: R
     plain = fit(small_ratings, config.replace(l2_count_power=1.0)).trainer
     assert scaled is not None and scaled.fused is None
     assert plain is not None and plain.fused is not None
+
+
+def _order(users: list[int], **changes: object) -> tuple[Tensor, Tensor]:
+    config = _quick(**changes)
+    n_users = max(users) + 1
+    u = torch.tensor(users, dtype=torch.int64)
+    examples = Examples(u, torch.zeros_like(u), torch.full((len(users),), 3.0))
+    model = build_model(config, n_users, 1, seed=0)
+    trainer = Trainer(model, config, examples, mu=3.0, scale=WHOLE_STARS)
+    return trainer.epoch_order(), u
+
+
+def test_plain_order_is_the_seeded_shuffle() -> None:
+    order, _ = _order([0, 1, 1, 2, 2, 2, 3])
+    assert torch.equal(order, torch.randperm(7, generator=torch.Generator().manual_seed(0)))
+
+
+def test_user_chunks_visit_every_rating_once_in_runs_of_one_user() -> None:
+    users = [u for u in range(6) for _ in range(1 + 4 * u)]  # 1, 5, 9, ... ratings
+    order, u = _order(users, user_chunk=4)
+    assert sorted(order.tolist()) == list(range(len(users)))
+    runs = torch.unique_consecutive(u[order], return_counts=True)[1]
+    # Each chunk is contiguous, so there are at most as many runs as chunks
+    # (fewer where two chunks of one user fall side by side).
+    chunks_per_user = [math.ceil((1 + 4 * k) / 4) for k in range(6)]
+    assert len(runs) <= sum(chunks_per_user)
+    assert len(runs) >= 6
+    # Another epoch draws another order.
+    second = _order(users, user_chunk=4, seed=1)[0]
+    assert not torch.equal(order, second)

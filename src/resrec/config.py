@@ -56,6 +56,7 @@ class TrainConfig:
     schedule_gamma: float = 0.5  # "step": multiply lr by this every schedule_step epochs
     schedule_step: int = 5
     batch_size: int = 128
+    user_chunk: int = 0  # > 0: batches are made of chunks of this many ratings of one user
     epochs: int = 15
     early_stopping: int = 0  # patience in epochs on validation RMSE; 0 disables
     eval_batch_size: int = 65536
@@ -85,6 +86,7 @@ class TrainConfig:
             0 <= self.l2_count_power <= 1, "l2_count_power must be in [0, 1]", self.l2_count_power
         )
         _check(self.batch_size >= 1, "batch_size must be >= 1", self.batch_size)
+        _check(self.user_chunk >= 0, "user_chunk must be >= 0", self.user_chunk)
         _check(self.epochs >= 1, "epochs must be >= 1", self.epochs)
         _check(self.early_stopping >= 0, "early_stopping must be >= 0", self.early_stopping)
         _check(self.threads >= 0, "threads must be >= 0", self.threads)

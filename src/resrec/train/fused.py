@@ -355,14 +355,14 @@ class FusedEngine:
     ) -> tuple[float, float]:
         """One epoch over ``trainer.train`` in the trainer's batch order.
 
-        Draws the same permutation from ``trainer.generator`` as the autograd
-        path, advances ``trainer.step`` by one per batch, checks for a
+        Visits the ratings in the same order as the autograd path
+        (:meth:`Trainer.epoch_order`), advances ``trainer.step`` by one per batch, checks for a
         non-finite loss every :data:`CHECK_EVERY` batches and returns the
         epoch's mean loss and mean squared error.
         """
         train = trainer.train
         n, size = len(train), trainer.config.batch_size
-        order = torch.randperm(n, generator=trainer.generator)
+        order = trainer.epoch_order()
         n_batches = (n + size - 1) // size
         sq = torch.zeros(n_batches)
         penalty = torch.zeros(n_batches)
