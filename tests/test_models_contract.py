@@ -23,7 +23,9 @@ from resrec.run import load_run, save_run
 from resrec.workflow import TrainResult, fit, predict_indices
 from tests.conftest import planted_ratings
 
-KINDS = ["global-mean", "biases", "mf", "deep", "residual"]
+# Model kinds, and variants of one kind named "kind+variant".
+KINDS = ["global-mean", "biases", "mf", "deep", "residual", "residual+movie_ratings"]
+VARIANTS = {"movie_ratings": {"side_input": "movie_ratings", "side_units": 6, "side_epochs": 4}}
 
 # Small and quick, with every regularising option switched on where it applies.
 CONFIG = TrainConfig(
@@ -42,10 +44,15 @@ CONFIG = TrainConfig(
 )
 
 
+def _config(kind: str, **changes: object) -> TrainConfig:
+    model, _, variant = kind.partition("+")
+    return CONFIG.replace(model=model, **VARIANTS.get(variant, {}), **changes)
+
+
 @pytest.fixture(scope="module")
 def trained() -> dict[str, TrainResult]:
     ratings = planted_ratings(n_users=30, n_movies=20, n=400)
-    return {kind: fit(ratings, CONFIG.replace(model=kind)) for kind in KINDS}
+    return {kind: fit(ratings, _config(kind)) for kind in KINDS}
 
 
 def _pairs(model: RatingModel, n: int = 25) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,7 +123,7 @@ def test_save_then_load_gives_identical_predictions(
     before = predict_indices(result.model, result.mu, result.scale, users, movies)
     after = predict_indices(loaded.model, loaded.mu, loaded.scale, users, movies)
     assert np.array_equal(before, after)
-    assert loaded.config.model == kind
+    assert loaded.config == result.config
     assert (path / "history.csv").is_file()
     assert (path / "metrics.json").is_file()
 
@@ -124,8 +131,8 @@ def test_save_then_load_gives_identical_predictions(
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_same_seed_gives_identical_results(kind: str) -> None:
     ratings = planted_ratings(n_users=30, n_movies=20, n=400)
-    first = fit(ratings, CONFIG.replace(model=kind, seed=7))
-    second = fit(ratings, CONFIG.replace(model=kind, seed=7))
+    first = fit(ratings, _config(kind, seed=7))
+    second = fit(ratings, _config(kind, seed=7))
     drop = {"train_seconds", "elapsed_seconds"}
     assert [{k: v for k, v in r.items() if k not in drop} for r in first.history] == [
         {k: v for k, v in r.items() if k not in drop} for r in second.history
@@ -138,6 +145,6 @@ def test_the_same_seed_gives_identical_results(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_build_model_knows_every_kind(kind: str) -> None:
-    model = build_model(CONFIG.replace(model=kind), 5, 7, seed=0)
+    model = build_model(_config(kind), 5, 7, seed=0)
     assert isinstance(model, RatingModel)
     assert (model.n_users, model.n_movies) == (5, 7)

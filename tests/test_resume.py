@@ -70,6 +70,17 @@ CONFIGS = {
         l2_implicit=0.003,
         l2_count_power=0.5,
     ),
+    # A side branch that reads movie ratings, trained in a stage after the main branch.
+    "movie-ratings-side": preset("fast").replace(
+        epochs=4,
+        batch_size=64,
+        lr=0.01,
+        side_input="movie_ratings",
+        side_units=8,
+        side_epochs=3,
+        valid_fraction=0.1,
+        early_stopping=3,
+    ),
     # Early stopping: the best epoch's weights travel in the checkpoint.
     "early-stopping": preset("tutorial").replace(
         epochs=12, batch_size=64, lr=0.05, valid_fraction=0.1, early_stopping=2, hidden=(16,)
@@ -89,6 +100,30 @@ def test_resumed_training_equals_uninterrupted(
     assert resumed["metrics"]["test"] == whole.metrics["test"]
     for key, tensor in whole.model.state_dict().items():
         assert torch.equal(resumed["model"].state_dict()[key], tensor), key
+
+
+def test_a_run_stopped_in_its_side_stage_resumes_to_the_same_result(
+    small_ratings: Ratings, tmp_path: Path
+) -> None:
+    config = CONFIGS["movie-ratings-side"]
+    whole = fit(small_ratings, config)
+    main_epochs = whole.metrics["side_stage"]["main_epochs"]
+    assert whole.metrics["side_stage"]["epochs"] >= 2
+
+    def crash(record: dict[str, float]) -> None:
+        if record["epoch"] == main_epochs + 2:  # the side stage's second epoch
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        fit(small_ratings, config, checkpointer=Checkpointer(tmp_path), on_epoch=crash)
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert checkpoint["trainer"]["epoch"] == main_epochs  # the stage wrote no checkpoint
+    resumed = fit(small_ratings, config, checkpointer=Checkpointer(tmp_path), resume=checkpoint)
+
+    assert _without_timings(resumed.history) == _without_timings(whole.history)
+    assert resumed.metrics["test"] == whole.metrics["test"]
+    for key, tensor in whole.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], tensor), key
 
 
 def test_checkpoint_holds_only_tensors_and_plain_values(

@@ -194,6 +194,7 @@ def fit(
         sync=None if process is None else GradientSync(model, config.batch_size, process),
     )
     resumed_from = _resume(trainer, config, resume, rank)
+    report = on_epoch  # the side stage reports its epochs but writes no checkpoints
     if checkpointer is not None:
         checkpointer.preflight(trainer)
         on_epoch = _with_checkpoints(trainer, checkpointer, on_epoch)
@@ -204,6 +205,7 @@ def fit(
         history = trainer.history if trainer.epoch else _fit_direct(model, trainer, on_epoch)
     else:
         history = trainer.fit(on_epoch=on_epoch, progress=progress)
+    side_stage = _train_side_stage(trainer, resume, report)
     seconds = time.perf_counter() - started
     check_replicas(model, process)
 
@@ -214,6 +216,8 @@ def fit(
         metrics["resumed_from_epoch"] = resumed_from
     metrics["epochs_run"] = trainer.epoch
     metrics["best_epoch"] = trainer.best_epoch
+    if side_stage is not None:
+        metrics["side_stage"] = side_stage
     for name, examples in eval_sets.items():
         if len(examples):
             rows = getattr(split, name)
@@ -236,6 +240,29 @@ def fit(
         data=data_info(encoded.ratings),
         trainer=trainer,
     )
+
+
+def _train_side_stage(
+    trainer: Trainer, resume: dict[str, Any] | None, report: EpochCallback | None
+) -> dict[str, Any] | None:
+    """Train a movie_ratings side branch after the main branch; its summary, or None.
+
+    A resumed run's history holds the main branch's epochs only (the side
+    stage writes no checkpoints), so the stage always runs from its start.
+    """
+    if getattr(trainer.model, "ratings_side", None) is None:
+        return None
+    from resrec.train.side_stage import train_ratings_side
+
+    main_epochs, main_best = trainer.epoch, trainer.best_epoch
+    del trainer.history[main_epochs:]
+    train_ratings_side(trainer, on_epoch=report)
+    return {
+        "main_epochs": main_epochs,
+        "main_best_epoch": main_best,
+        "epochs": trainer.epoch - main_epochs,
+        "best_epoch": trainer.best_epoch if trainer.best_epoch > main_epochs else None,
+    }
 
 
 def _fit_direct(
@@ -294,6 +321,8 @@ _FIXED_ON_RESUME = (
     "activation",
     "batch_norm",
     "implicit_feedback",
+    "side_input",
+    "side_units",
     "optimizer",
     "test_fraction",
     "valid_fraction",

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from resrec.models.autoencoder import MovieRatingsSide
 from resrec.models.base import RatingModel, keras_uniform_
 
 if TYPE_CHECKING:
@@ -96,8 +97,10 @@ class _FactorModel(RatingModel):
     """Shared construction: user and movie factor tables (and bias tables)."""
 
     uses_biases = True
-    uses_side = True
+    uses_side = True  # the MLP side branch on [p_u ; q_m]
+    accepts_ratings_side = False  # may take the movie_ratings side branch instead
     default_activation: str | None = None
+    ratings_side: MovieRatingsSide | None
     rated_ptr: Tensor  # implicit feedback: N(u) as CSR row pointers, (n_users + 1,)
     rated_movies: Tensor  # the movie indices of every N(u), user after user
     rated_norm: Tensor  # |N(u)| ** -1/2, 0 for a user without training ratings
@@ -114,6 +117,8 @@ class _FactorModel(RatingModel):
         batch_norm: bool = False,
         init_scale: float = 0.05,
         implicit: bool = False,
+        side_input: str = "embeddings",
+        side_units: int = 500,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
@@ -131,6 +136,10 @@ class _FactorModel(RatingModel):
             self.movie_bias = nn.Embedding(n_movies, 1)
             keras_uniform_(self.user_bias, init_scale, generator)
             keras_uniform_(self.movie_bias, init_scale, generator)
+        self.ratings_side = None
+        if side_input == "movie_ratings" and self.accepts_ratings_side:
+            self.uses_side = False
+            self.ratings_side = MovieRatingsSide(n_users, n_movies, side_units, generator=generator)
         if self.uses_side:
             self.side = SideBranch(
                 2 * embedding_dim,
@@ -228,6 +237,8 @@ class _FactorModel(RatingModel):
             batch_norm=config.batch_norm,
             init_scale=config.init_scale,
             implicit=config.implicit_feedback,
+            side_input=config.side_input,
+            side_units=config.side_units,
             generator=generator,
         )
 
@@ -257,15 +268,40 @@ class _FactorModel(RatingModel):
         if self.uses_side:
             p = self.user_vectors(rows)
             out["side"] = self.side(torch.cat([p, rows["movie_factors"]], -1))
+        if self.ratings_side is not None:
+            out["side"] = self.ratings_side(users, movies)
         return out
+
+    def forward(self, users: Tensor, movies: Tensor) -> Tensor:
+        out = self.forward_rows(self.gather(users, movies))
+        if self.ratings_side is not None:
+            out = out + self.ratings_side(users, movies)
+        return out
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        """As the base class, less the movie_ratings side branch (trained in its own stage)."""
+        params = super().dense_parameters()
+        if self.ratings_side is None:
+            return params
+        own = {id(p) for p in self.ratings_side.parameters()}
+        return [p for p in params if id(p) not in own]
 
 
 class ResidualNet(_FactorModel):
-    """Matrix-factorisation branch plus an MLP side branch, added (the reference)."""
+    """Matrix-factorisation branch plus a side branch, added (the reference).
+
+    The side branch is the MLP on ``[p_u ; q_m]``, or with ``side_input =
+    "movie_ratings"`` a :class:`~resrec.models.autoencoder.MovieRatingsSide`,
+    which :meth:`forward` adds (:meth:`forward_rows` is then the main branch).
+    """
+
+    accepts_ratings_side = True
 
     def forward_rows(self, rows: dict[str, Tensor]) -> Tensor:
         p, q = self.user_vectors(rows), rows["movie_factors"]
         main = (p * q).sum(-1) + rows["user_bias"].squeeze(-1) + rows["movie_bias"].squeeze(-1)
+        if not self.uses_side:
+            return main
         return main + self.side(torch.cat([p, q], -1))
 
 

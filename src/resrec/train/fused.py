@@ -117,6 +117,8 @@ def _shape(model: nn.Module) -> _Shape | str:
         return "the model is not float32 on the CPU"
     if model.implicit:
         return "the model has implicit feedback"
+    if model.ratings_side is not None:
+        return "the side branch reads movie ratings"
     k = int(model.embedding_dim)
     main = bool(model.uses_biases)
     if not model.uses_side:
