@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import Tensor
 
 from resrec.config import preset
 from resrec.data import read_ratings
@@ -597,13 +598,16 @@ def test_side_bounds_hold_for_every_movie(synthetic_ratings: object, activation:
     generator = torch.Generator().manual_seed(1)
     embeddings = [rec.P[i] for i in range(rec.n_users)]
     embeddings += [torch.randn(rec.P.shape[1], generator=generator) * s for s in (0.1, 1, 30)]
-    deltas = []
+    radii = []
     for p in embeddings:
-        anchor, delta = bounds.nearest(p)
-        gap = (side.all_movies(p) - bounds.table[anchor]).abs().max()
-        assert float(gap) <= delta + 1e-4
-        deltas.append(delta)
-    assert min(deltas) < 0.05 * max(deltas)  # a bound that is not trivially loose
+        anchor, shift, radius = bounds.nearest(p)
+        gap = (side.all_movies(p) - bounds.table[anchor] - shift).abs().max()
+        assert float(gap) <= radius + 1e-4
+        # the one-sided bound: half the Lipschitz one, around a shifted centre
+        delta = float((bounds.mapped[anchor] - p @ bounds.metric).abs().sum())
+        assert radius == pytest.approx(delta / 2)
+        radii.append(radius)
+    assert min(radii) < 0.05 * max(radii)  # a bound that is not trivially loose
 
 
 @pytest.mark.parametrize("activation", ["elu", "relu"])
@@ -636,6 +640,89 @@ def test_recommend_with_bounds_equals_scoring_every_movie(
         assert [i.movie for i in one.items] == [i.movie for i in other.items]
         assert [i.raw for i in one.items] == pytest.approx([i.raw for i in other.items], abs=1e-5)
     assert full_passes < len(plain) / 3  # most queries never scored every movie
+
+
+def _side_network(activation: torch.nn.Module, n_movies: int = 3000) -> tuple[object, Tensor]:
+    """The side branch of a seeded ``fast``-shaped model with ``activation``, and its movies."""
+    from resrec.models.base import build_model
+
+    model = build_model(preset("fast"), 50, n_movies, seed=4)
+    layers = model.side.layers  # type: ignore[union-attr]
+    layers[1] = activation
+    with torch.no_grad():
+        layers[0].weight.mul_(3.0)  # pre-activations of both signs, some far below 0
+    return model.side, model.movie_factors.weight.detach()  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "activation",
+    [torch.nn.ELU(), torch.nn.ELU(alpha=0.4), torch.nn.ELU(alpha=1.7), torch.nn.ReLU()],
+    ids=["elu", "elu-0.4", "elu-1.7", "relu"],
+)
+def test_every_all_movies_pass_equals_the_network(activation: torch.nn.Module) -> None:
+    from resrec.inference.side import _SideBranch
+
+    network, q = _side_network(activation)
+    side = _SideBranch(network, q)  # type: ignore[arg-type]
+    assert side.table is not None  # a narrow branch: the precomputed table pass
+    generator = torch.Generator().manual_seed(5)
+    for scale in (0.05, 1.0, 4.0, 300.0):  # the last is beyond the table pass's exponents
+        p = torch.randn(q.shape[1], generator=generator) * scale
+        with torch.no_grad():
+            expected = network(torch.cat([p.expand(q.shape[0], -1), q], 1))  # type: ignore[operator]
+        tolerance = 2e-5 * (1.0 + float(expected.abs().max()))
+        table_pass = side.all_movies(p)
+        table = side.table
+        side.table = None  # the product pass
+        product_pass = side.all_movies(p)
+        side.table = table
+        for got in (table_pass, product_pass, side.one_user(p, q)):
+            assert float((got - expected).abs().max()) <= tolerance
+
+
+def test_slack_beyond_what_bounds_can_use_scores_every_movie_once(
+    synthetic_ratings: object,
+) -> None:
+    rec = _trained_recommender(synthetic_ratings, "elu")
+    users = range(1, rec.n_users + 1, 9)
+    plain = [rec.recommend(u, 10) for u in users]
+    rec.prepare_top_n()
+    assert rec._useful_slack(0, 10) > 0
+    calls = 0
+    all_scores = rec._all_scores
+
+    def counting(p: torch.Tensor | None, bias: float) -> np.ndarray:
+        nonlocal calls
+        calls += 1
+        return all_scores(p, bias)
+
+    rec._all_scores = counting  # type: ignore[method-assign]
+    rec._useful_slack = lambda anchor, n: -1.0  # type: ignore[method-assign]  # all far off
+    gated = [rec.recommend(u, 10) for u in users]
+    assert calls == len(gated)  # straight to one full pass, no rough one before it
+    for one, other in zip(plain, gated, strict=True):
+        assert [i.movie for i in one.items] == [i.movie for i in other.items]
+        assert [i.raw for i in one.items] == pytest.approx([i.raw for i in other.items], abs=1e-5)
+
+
+def test_candidates_count_a_movie_rated_twice_once() -> None:
+    model = MFNet(2, 4, 2)
+    rec = Recommender(
+        model,
+        IdMap(np.array([10, 20]), "user"),
+        IdMap(np.array([1, 2, 3, 4]), "movie"),
+        3.0,
+        WHOLE_STARS,
+        np.array([0, 0, 0, 1, 1, 1]),
+        np.array([2, 0, 2, 1, 2, 3]),  # user 10 rated movie 3 twice
+    )
+    result = rec.recommend(10, 4)
+    assert result.candidates == 2 and result.excluded_rated == 3
+    assert [i.movie.movie_id for i in result.items] == sorted(
+        [2, 4], key=lambda m: -rec.explain(10, m).raw
+    )
+    folded = rec.recommend_for_ratings({3: 5.0, 1: 2.0}, 4)  # unsorted movie indices
+    assert folded.candidates == 2
 
 
 def test_bounds_are_built_after_a_few_queries(rec: Recommender, run_dir: Path) -> None:
