@@ -10,11 +10,22 @@ Prints requests/s, latency percentiles and the number of errors (target:
     .venv/bin/python benchmarks/bench_api.py                   # a model of ML-100K's shape
     .venv/bin/python benchmarks/bench_api.py --run runs/ml-100k-tutorial --workers 2
 
-Without ``--run`` it trains a one-epoch model on synthetic ratings of the
-chosen shape first (a few seconds). The load generator runs on the same
-machine as the server, so it takes part of the same cores. The CPU time the
-server and the load generator spend per request is printed too: it tells what
-the cores could serve when other programs do not share them.
+Without ``--run`` it first trains a ``fast``-preset model on synthetic
+ratings of the chosen shape (``--users``, ``--movies``, ``--ratings``; a few
+seconds for ML-100K's shape, about half a minute at ML-20M's with 2M ratings).
+By default they come from resrec's MovieLens-shaped generator
+(:func:`resrec.data.synth.synthesize`, as ``resrec synth``): planted low-rank
+structure, long-tailed user activity and movie popularity. How many movies a
+query must score exactly depends on the trained weights (see ``SideBounds`` in
+``resrec/inference/side.py``), so that is the realistic case;
+``--data uniform`` trains on uniformly random ratings instead, which have no
+structure at all and are the worst case for the bounds. The requests go to
+users drawn at random from all the known ones.
+
+The load generator runs on the same machine as the server, so it takes part
+of the same cores. The CPU time the server and the load generator spend per
+request is printed too: it tells what the cores could serve when other
+programs do not share them.
 """
 
 from __future__ import annotations
@@ -29,25 +40,53 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 
 from resrec.config import preset
 from resrec.data.ratings import WHOLE_STARS, Ratings
+from resrec.data.synth import synthesize
 from resrec.run import save_run
 from resrec.workflow import fit
 
 
-def synthetic_run(folder: Path, n_users: int, n_movies: int, n_ratings: int) -> Path:
-    rng = np.random.default_rng(0)
-    pairs = rng.choice(n_users * n_movies, size=n_ratings, replace=False)
-    users, movies = pairs // n_movies, pairs % n_movies
-    ratings = rng.integers(1, 6, size=n_ratings).astype(np.float32)
-    table = Ratings.from_arrays(users + 1, movies + 1, ratings, scale=WHOLE_STARS)
-    config = preset("fast").replace(epochs=1, test_fraction=0.1, threads=1)
+def synthetic_ratings(data: str, n_users: int, n_movies: int, n_ratings: int) -> Ratings:
+    """MovieLens-shaped ratings from resrec's generator, or uniformly random ones."""
+    if data == "uniform":
+        rng = np.random.default_rng(0)
+        pairs = rng.choice(n_users * n_movies, size=n_ratings, replace=False)
+        users, movies = pairs // n_movies, pairs % n_movies
+        ratings = rng.integers(1, 6, size=n_ratings).astype(np.float32)
+        return Ratings.from_arrays(users + 1, movies + 1, ratings, scale=WHOLE_STARS)
+    # ML-20M's users have at least 20 ratings; with fewer ratings per user than that,
+    # the floor drops so that half of them still follow the long-tailed activity.
+    floor = max(1, min(20, n_ratings // (2 * n_users)))
+    return synthesize(n_users, n_movies, n_ratings, seed=0, min_user_ratings=floor)
+
+
+def synthetic_run(folder: Path, table: Ratings, epochs: int | None) -> Path:
+    config = preset("fast").replace(test_fraction=0.1, threads=1)
+    if epochs is not None:
+        config = config.replace(epochs=epochs)
     return save_run(fit(table, config), folder / "run")
+
+
+def describe(data: str, table: Ratings) -> str:
+    users, per_user = np.unique(table.user_id, return_counts=True)
+    kind = (
+        "uniformly random ratings (no structure)"
+        if data == "uniform"
+        else "MovieLens-shaped synthetic ratings (resrec.data.synth, seed 0)"
+    )
+    return (
+        f"{kind}: {len(table):,} ratings of {users.size:,} users and "
+        f"{np.unique(table.movie_id).size:,} movies; ratings per user min {per_user.min()}, "
+        f"median {int(np.median(per_user))}, max {per_user.max():,}"
+    )
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -63,6 +102,83 @@ def tree_cpu_seconds(pid: int) -> float:
         except (FileNotFoundError, ProcessLookupError):
             continue
     return total
+
+
+def sample_users(port: int, pages: int = 8) -> list[int]:
+    """user_ids from ``pages`` pages of 1000 spread over every known user."""
+    url = f"http://127.0.0.1:{port}/api/users"
+    total = httpx.get(url, params={"limit": 1}).json()["total"]
+    step = max(1000, total // pages)
+    user_ids = []
+    for offset in range(0, total, step):
+        items = httpx.get(url, params={"limit": 1000, "offset": offset}).json()["items"]
+        user_ids += [u["user_id"] for u in items]
+    return user_ids
+
+
+def breakdown(run: Path, user_ids: list[int], count: int = 1000) -> str:
+    """CPU time per request of the server's parts, measured one at a time in this process.
+
+    The top-N computation (:meth:`Recommender.recommend`), the response model
+    and its JSON, and the FastAPI app around them (routing, parameter
+    validation, the endpoint, the JSON response) with the answers computed
+    beforehand, called as uvicorn calls it but without sockets or HTTP parsing.
+    """
+    import torch
+
+    from resrec.api import RecommendationsOut, create_app
+    from resrec.inference import Recommender
+
+    torch.set_num_threads(1)
+    rec = Recommender.load(run)
+    app = create_app(rec)  # builds the top-N bounds first, as the server does
+    chooser = random.Random(1)
+    users = [chooser.choice(user_ids) for _ in range(count)]
+    for user in users[:50]:
+        rec.recommend(user, 10)
+    started = time.thread_time()
+    answers = [rec.recommend(user, 10) for user in users]
+    top_n = (time.thread_time() - started) / count
+    started = time.thread_time()
+    for answer in answers:
+        RecommendationsOut.model_validate(answer).model_dump_json()
+    encode = (time.thread_time() - started) / count
+
+    ready = dict(zip(users, answers, strict=True))
+    rec.recommend = lambda user_id, n=10, **_: ready[user_id]  # type: ignore[method-assign]
+
+    async def call(user: int) -> None:
+        path = f"/api/users/{user}/recommendations"
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "GET", "scheme": "http", "path": path, "raw_path": path.encode(),
+            "query_string": b"n=10", "root_path": "", "headers": [(b"host", b"127.0.0.1")],
+            "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000),
+        }  # fmt: skip
+
+        async def receive() -> MutableMapping[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start" and message["status"] != 200:
+                raise RuntimeError(f"status {message['status']} for user {user}")
+
+        await app(scope, receive, send)
+
+    async def calls() -> float:
+        for user in users[:50]:
+            await call(user)
+        started = time.thread_time()
+        for user in users:
+            await call(user)
+        return (time.thread_time() - started) / count
+
+    framework = asyncio.run(calls())
+    return (
+        f"in one process, CPU per request: top-N {1e3 * top_n:.2f} ms; the app around it "
+        f"{1e3 * framework:.2f} ms (routing, validation, endpoint; of which response model "
+        f"and JSON {1e3 * encode:.2f} ms)"
+    )
 
 
 def free_port() -> int:
@@ -135,20 +251,41 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=943)
     parser.add_argument("--movies", type=int, default=1682)
     parser.add_argument("--ratings", type=int, default=100_000)
+    parser.add_argument(
+        "--data",
+        choices=["synth", "uniform"],
+        default="synth",
+        help="training ratings without --run: MovieLens-shaped (default) or uniformly random",
+    )
+    parser.add_argument(
+        "--epochs", type=int, help="training epochs without --run (default: the fast preset's)"
+    )
     parser.add_argument("--workers", type=int, default=1, help="server processes")
     parser.add_argument("--connections", type=int, default=8, help="concurrent connections")
     parser.add_argument("--requests", type=int, default=10_000, help="at most this many")
     parser.add_argument("--seconds", type=float, default=30.0, help="at most this long")
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time the top-N computation and the app around it in this process",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        run = args.run or synthetic_run(Path(tmp), args.users, args.movies, args.ratings)
+        if args.run is not None:
+            run, data = args.run, f"run {args.run}"
+        else:
+            started = time.perf_counter()
+            table = synthetic_ratings(args.data, args.users, args.movies, args.ratings)
+            data = describe(args.data, table)
+            run = synthetic_run(Path(tmp), table, args.epochs)
+            data += f"; fast preset, trained in {time.perf_counter() - started:.0f} s"
+            del table
         port = free_port()
         server = start(run, port, args.workers)
         try:
             health = httpx.get(f"http://127.0.0.1:{port}/api/health").json()
-            users = httpx.get(f"http://127.0.0.1:{port}/api/users?limit=1000").json()["items"]
-            user_ids = [u["user_id"] for u in users]
+            user_ids = sample_users(port)
             warm = argparse.Namespace(**{**vars(args), "requests": 300, "seconds": 10})
             asyncio.run(load(port, user_ids, warm))
             server_cpu = tree_cpu_seconds(server.pid)
@@ -159,8 +296,10 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=30)
+        parts = breakdown(run, user_ids) if args.breakdown else None
 
     ms = np.asarray(latencies) * 1e3
+    print(f"model: {data}")
     print(
         f"{health['model']} with {health['n_users']:,} users and {health['n_movies']:,} movies; "
         f"{args.workers} server worker(s), {args.connections} connections, {os.cpu_count()} "
@@ -177,6 +316,8 @@ def main() -> None:
         f"{1e3 * client_cpu / len(ms):.2f} ms: {os.cpu_count()} idle cores would serve at most "
         f"{(os.cpu_count() or 1) * 1e3 / (per_request + 1e3 * client_cpu / len(ms)):,.0f} req/s"
     )
+    if parts is not None:
+        print(f"{parts}; the rest of the server's CPU is uvicorn, HTTP and sockets")
 
 
 if __name__ == "__main__":
