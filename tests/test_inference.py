@@ -394,6 +394,40 @@ def test_explicit_movies_file_and_missing_metadata(run_dir: Path, tmp_path: Path
 
 # --------------------------------------------------------------------------- model kinds
 
+MOVIE_RATINGS_SIDE = {"side_input": "movie_ratings", "side_units": 6, "side_epochs": 3}
+
+
+def test_a_side_branch_of_movie_ratings_is_explained_and_folded_in(tmp_path: Path) -> None:
+    run_dir = build_run(tmp_path, "residual", epochs=2, **MOVIE_RATINGS_SIDE)
+    run = load_run(run_dir)
+    rec = Recommender.from_run(run)
+    assert run.model.ratings_side is not None and run.model.ratings_side.codes.any()
+    users, movies = trained_ids(rec)
+    for user_id, movie_id in [(users[0], movies[0]), (users[-1], movies[3])]:
+        e = rec.explain(int(user_id), int(movie_id)).explanation
+        assert e is not None
+        assert e.mu + e.user_bias + e.movie_bias + e.dot + e.side == e.raw
+        u = torch.tensor([rec.user_map.index(int(user_id))])
+        m = torch.tensor([rec.movie_map.index(int(movie_id))])
+        with torch.no_grad():
+            parts = run.model.components(u, m)  # type: ignore[operator]
+        assert e.side != 0
+        for name in ("user_bias", "movie_bias", "dot", "side"):
+            assert getattr(e, name) == pytest.approx(float(parts[name][0]), abs=1e-5)
+    # Similar movies compare the main branch's embeddings only.
+    similar = rec.similar(int(movies[0]), 3)
+    q = run.model.movie_factors.weight.detach()
+    first = q[rec.movie_map.index(int(similar.items[0].movie.movie_id))]
+    own = q[rec.movie_map.index(int(movies[0]))]
+    assert similar.items[0].similarity == pytest.approx(
+        float(torch.nn.functional.cosine_similarity(first, own, dim=0)), abs=1e-5
+    )
+    # A new user gets a decoder row too: the fit follows their ratings.
+    folded = rec.fold_in({int(movies[0]): 5.0, int(movies[1]): 1.0, int(movies[2]): 5.0})
+    assert folded.factors.shape == (rec.P.shape[1],)
+    predicted = rec.predict_folded(folded, movies[:3])
+    assert predicted[0] > predicted[1] and predicted[2] > predicted[1]
+
 
 @pytest.mark.parametrize(
     ("model", "extra"),
@@ -403,6 +437,8 @@ def test_explicit_movies_file_and_missing_metadata(run_dir: Path, tmp_path: Path
         ("residual", {"hidden": (8, 4)}),
         ("residual", {"batch_norm": True, "activation": "relu"}),
         ("residual", {"activation": "tanh"}),
+        ("residual", MOVIE_RATINGS_SIDE),
+        ("residual", {**MOVIE_RATINGS_SIDE, "implicit_feedback": True}),
     ],
 )
 def test_every_model_kind_scores_like_its_network(

@@ -183,6 +183,14 @@ class Recommender:
             if self.has_biases:
                 self.BU = model.user_bias.weight.detach().float().reshape(-1).clone()  # type: ignore[union-attr,operator]
                 self.BM = model.movie_bias.weight.detach().float().reshape(-1).clone()  # type: ignore[union-attr,operator]
+            # A side branch that reads movie ratings is a dot product of its own tables
+            # (MovieRatingsSide.tables): served as columns after the first main_dim ones.
+            self.main_dim = self.P.shape[1]
+            ratings_side = getattr(model, "ratings_side", None)
+            if ratings_side is not None:
+                side_users, side_movies = ratings_side.tables()
+                self.P = torch.cat([self.P, side_users], 1).contiguous()
+                self.Q = torch.cat([self.Q, side_movies], 1).contiguous()
         self.side = _SideBranch(model.side, self.Q) if has_side else None  # type: ignore[arg-type]
         self._pairs = PairScorer(self.P, self.BU, self.Q, self.BM, self.side, self.has_biases)
         if len(self.user_map) != self.P.shape[0] or len(self.movie_map) != self.Q.shape[0]:
@@ -206,7 +214,7 @@ class Recommender:
         self._untrained_penalty = np.where(self.trained_movies, 0.0, -np.inf).astype(np.float32)
         self._untrained_penalty.flags.writeable = False
         with torch.no_grad():
-            q = self.Q[self._trained_movie_index]
+            q = self.Q[self._trained_movie_index, : self.main_dim]
             self._unit_q = q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
     def _fit_prior(self) -> None:
@@ -402,12 +410,15 @@ class Recommender:
             n = movies.shape[0]
             q = self.Q[movies]
             zero = np.zeros(n, dtype=np.float32)
+            k = self.main_dim
             terms = {
                 "user_bias": np.full(n, bias, dtype=np.float32),
                 "movie_bias": self.BM[movies].numpy(),
-                "dot": torch.mv(q, p).numpy() if self.has_biases else zero,
+                "dot": torch.mv(q[:, :k], p[:k]).numpy() if self.has_biases else zero,
                 "side": self.side.one_user(p, q).numpy() if self.side is not None else zero,
             }
+            if k < q.shape[1]:  # the movie_ratings side branch's columns
+                terms["side"] = torch.mv(q[:, k:], p[k:]).numpy()
             return terms
 
     def predict_indices(self, users: np.ndarray, movies: np.ndarray) -> np.ndarray:
@@ -714,7 +725,7 @@ class Recommender:
                 hint="similar movies need a movie with training ratings",
             )
         with torch.inference_mode():
-            q = self.Q[index]
+            q = self.Q[index, : self.main_dim]
             cosine = (self._unit_q @ (q / q.norm().clamp_min(1e-12))).numpy()
         pool = self._trained_movie_index.numpy()
         keep = pool != index
