@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
@@ -170,3 +171,34 @@ def test_recommend_for_new_ratings_can_skip_unknown_movies(run_dir: Path) -> Non
     )
     assert result.exit_code == 0, result.output
     assert "top 3 for the new user" in result.output and "424242" in result.output
+
+
+def _pairs_gz(path: Path, rows: int) -> Path:
+    lines = "user_id,movie_id\n" + "".join(f"{1 + i % 40},{2 + i % 30}\n" for i in range(rows))
+    path.write_bytes(gzip.compress(lines.encode()))
+    return path
+
+
+def test_score_on_a_truncated_gzip_is_a_clean_error(run_dir: Path, tmp_path: Path) -> None:
+    whole = _pairs_gz(tmp_path / "pairs.csv.gz", 200_000).read_bytes()
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    out = tmp_path / "out.csv"
+    result = invoke("score", run_dir, "--pairs", cut, "--out", out, "--fallback")
+    assert result.exit_code == 1
+    assert f"{cut}: cannot be read to its end" in result.output
+    assert "no predictions were written" in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists() and not list(tmp_path.glob(".out.csv*"))
+
+
+def test_score_fail_on_bad_leaves_no_output(run_dir: Path, tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("user_id,movie_id\n1,2\nx,5\n1,5\n")
+    out = tmp_path / "out.csv"
+    result = invoke("score", run_dir, "--pairs", pairs, "--out", out, "--fail-on-bad")
+    assert result.exit_code == 1
+    assert "wrote nothing" in result.output and f"{pairs}:3:" in result.output
+    assert not out.exists() and not list(tmp_path.glob(".out.csv*"))
+    kept = invoke("score", run_dir, "--pairs", pairs, "--out", out)
+    assert kept.exit_code == 0 and len(out.read_text().splitlines()) == 3

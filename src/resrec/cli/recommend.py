@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import torch
 import typer
 
 from resrec.cli.app import app
@@ -57,6 +58,9 @@ BAR_WIDTH = 24
 
 
 def _load(run: Path, movies: Path | None) -> Recommender:
+    # One torch thread: these commands run small operations, which a second thread slows
+    # down (by 30x and more when other programs share the cores), as resrec serve does.
+    torch.set_num_threads(1)
     return Recommender.load(run, movies_path=movies)
 
 
@@ -209,11 +213,14 @@ def score(
         )
     check_output_file(out, overwrite=overwrite, what="predictions")
     rec = _load(run, None)
-    report = rec.score_file(pairs, out, fallback=fallback, max_reported=max(show_bad, 1))
+    report = rec.score_file(
+        pairs, out, fallback=fallback, max_reported=max(show_bad, 1), fail_on_bad=fail_on_bad
+    )
     rate = report.scored / report.seconds if report.seconds > 0 else float("inf")
+    where = f"into {out}" if report.written else f"but wrote nothing to {out} (--fail-on-bad)"
     typer.echo(
         f"scored {report.scored:,} of {counted(report.rows, 'row')} in {report.seconds:.2f} s "
-        f"({rate:,.0f} pairs/s) into {out}"
+        f"({rate:,.0f} pairs/s) {where}"
         + (f"; {report.fallback:,} with the bias estimate" if report.fallback else "")
     )
     if report.bad:

@@ -912,6 +912,7 @@ class Recommender:
         *,
         fallback: bool = False,
         max_reported: int = 100,
+        fail_on_bad: bool = False,
     ) -> ScoreReport:
         """Predict every (user_id, movie_id) row of a CSV file, streaming, into another CSV.
 
@@ -925,7 +926,8 @@ class Recommender:
         Rows that cannot be scored (a wrong number of fields, an id that is not
         a whole number, an unknown id without ``fallback``) are skipped and
         counted; the first ``max_reported`` are listed with their line number
-        in the returned report.
+        in the returned report. With ``fail_on_bad``, one bad row means no
+        output file at all (``report.written`` is False).
         """
         started = time.perf_counter()
         source, target = Path(pairs_path), Path(out_path)
@@ -936,7 +938,7 @@ class Recommender:
             )
         if target.is_dir():
             raise ConfigError(f"--out {target} is a folder; expected a file name for the CSV")
-        report = _score_csv(self, source, target, fallback, max_reported)
+        report = _score_csv(self, source, target, fallback, max_reported, fail_on_bad)
         report.seconds = time.perf_counter() - started
         return report
 

@@ -117,4 +117,5 @@ class ScoreReport:
     fallback: int = 0  # rows scored with the fallback estimate
     bad: int = 0
     bad_rows: list[tuple[int, str]] = field(default_factory=list)  # (line, reason), the first few
+    written: bool = True  # False: a bad row with fail_on_bad, so no output file was left
     seconds: float = 0.0

@@ -29,7 +29,12 @@ _CSV_BLOCK = 1 << 20  # bytes parsed at a time (small: reading, scoring, writing
 
 
 def _score_csv(
-    rec: Recommender, src: Path, dst: Path, fallback: bool, max_reported: int
+    rec: Recommender,
+    src: Path,
+    dst: Path,
+    fallback: bool,
+    max_reported: int,
+    fail_on_bad: bool = False,
 ) -> ScoreReport:
     """Stream ``src`` through the model into ``dst`` (see :meth:`Recommender.score_file`)."""
     import pyarrow as pa
@@ -40,36 +45,49 @@ def _score_csv(
         _pick_column(header, _USER_COLUMNS, "user_id", src),
         _pick_column(header, _MOVIE_COLUMNS, "movie_id", src),
     )
-    lines = _LineTracker()
-    compression = "gzip" if _is_gzip(src) else None
-    reader = pacsv.open_csv(
-        pa.input_stream(str(src), compression=compression),
-        read_options=pacsv.ReadOptions(use_threads=False, block_size=_CSV_BLOCK),
-        parse_options=pacsv.ParseOptions(
-            invalid_row_handler=lines.on_invalid, ignore_empty_lines=False
-        ),
-        convert_options=pacsv.ConvertOptions(
-            include_columns=list(columns),
-            column_types={name: pa.string() for name in columns},
-            strings_can_be_null=False,
-            check_utf8=False,  # a row that is not UTF-8 is a bad row, reported by line
-        ),
-    )
-    report = ScoreReport()
-    partial = dst.with_name(f".{dst.name}.partial")
     try:
-        out = _open_output(partial, dst)
-    except OSError as error:
-        raise ConfigError(f"cannot write --out {dst}: {error.strerror or error}") from None
-    try:
-        with out:
-            _score_stream(rec, reader, out, columns, lines, fallback, report, max_reported, src)
-        for line, reason in lines.ready(None):
-            _report_bad(report, line, reason, max_reported)
-        partial.replace(dst)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+        lines = _LineTracker()
+        compression = "gzip" if _is_gzip(src) else None
+        reader = pacsv.open_csv(
+            pa.input_stream(str(src), compression=compression),
+            read_options=pacsv.ReadOptions(use_threads=False, block_size=_CSV_BLOCK),
+            parse_options=pacsv.ParseOptions(
+                invalid_row_handler=lines.on_invalid, ignore_empty_lines=False
+            ),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=list(columns),
+                column_types={name: pa.string() for name in columns},
+                strings_can_be_null=False,
+                check_utf8=False,  # a row that is not UTF-8 is a bad row, reported by line
+            ),
+        )
+        report = ScoreReport()
+        partial = dst.with_name(f".{dst.name}.partial")
+        try:
+            out = _open_output(partial, dst)
+        except OSError as error:
+            raise ConfigError(f"cannot write --out {dst}: {error.strerror or error}") from None
+        try:
+            with out:
+                _score_stream(rec, reader, out, columns, lines, fallback, report, max_reported, src)
+            for line, reason in lines.ready(None):
+                _report_bad(report, line, reason, max_reported)
+            if fail_on_bad and report.bad:
+                partial.unlink(missing_ok=True)
+                report.written = False
+            else:
+                partial.replace(dst)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+    except (OSError, EOFError, zlib.error) as error:
+        if not _is_damaged_stream(error):
+            raise
+        raise DataError(
+            f"cannot be read to its end ({error}); no predictions were written",
+            path=src,
+            hint="check that the file is complete (gzip -t FILE)",
+        ) from None
     report.rows += len(lines.skipped)
     return report
 
@@ -188,6 +206,14 @@ def _read_ahead(reader: Iterable[Any], depth: int = 2) -> Iterator[Any]:
     finally:
         stop.set()
         thread.join(timeout=5)
+
+
+def _is_damaged_stream(error: BaseException) -> bool:
+    """Whether reading failed because a compressed input ends early or is corrupt."""
+    if isinstance(error, EOFError | zlib.error):
+        return True
+    text = str(error).lower()
+    return "compress" in text or "gzip" in text or "inflate" in text
 
 
 def _open_output(partial: Path, dst: Path) -> Any:
