@@ -379,7 +379,7 @@ def test_fuzzing_from_the_openapi_schema_finds_no_server_error(
             422,
             "colour is not a field of the body",
         ),
-        ("POST", "/api/recommendations", "{", 422, 'post a JSON object such as {"ratings"'),
+        ("POST", "/api/recommendations", "{", 422, '^post a JSON object such as {"ratings"'),
         (
             "POST",
             "/api/recommendations",
@@ -402,7 +402,11 @@ def test_every_4xx_answer_has_detail_and_a_hint(
 
     assert response.status_code == status, response.text
     answer = response.json()
-    assert answer["detail"] and hint in answer["hint"], answer
+    assert answer["detail"], answer
+    if hint.startswith("^"):  # the hint begins with these words
+        assert answer["hint"].startswith(hint[1:]), answer
+    else:
+        assert hint in answer["hint"], answer
 
 
 def test_a_body_over_one_mebibyte_is_refused_unread(client: httpx.Client) -> None:

@@ -327,6 +327,8 @@ def validation_hint(locations: Sequence[Sequence[str]], scale: str) -> str:
         if where[0] == "body" and len(where) > 1:
             return f"{name} is not a field of the body; {_BODY_HINT}"
         return DOCS_HINT
+    if name == "body":
+        return expected.format(scale=scale)
     return f"{name} takes {expected.format(scale=scale)}"
 
 

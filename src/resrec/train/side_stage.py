@@ -78,7 +78,12 @@ def train_ratings_side(trainer: Trainer, *, on_epoch: EpochCallback | None = Non
     best_rmse, best_epoch = main_rmse, main_best
     last_gain = trainer.epoch  # patience counts from the stage's start or its best epoch
     best_state: dict[str, Any] | None = None
-    log.info("side stage: main branch alone has validation RMSE %.4f", main_rmse)
+    log.info(
+        "side stage from epoch %d: a side branch reading movie ratings, trained on the "
+        "main branch's residuals (main branch alone: validation RMSE %.4f)",
+        trainer.epoch + 1,
+        main_rmse,
+    )
     for _ in range(config.side_epochs):
         record = _epoch(trainer, side, data, targets, movies, optimizer)
         trainer.history.append(record)

@@ -473,7 +473,7 @@ class Trainer:
             self.config.early_stopping
             and self.epoch - self.best_epoch >= self.config.early_stopping
         ):
-            log.info("early stop after epoch %d (best %d)", self.epoch, self.best_epoch)
+            log.info("early stop after epoch %d (best %d, kept)", self.epoch, self.best_epoch)
             self.stopped = True
 
     # -- checkpoints ------------------------------------------------------------
