@@ -1,59 +1,72 @@
-"""The :class:`Recommender`: a trained run turned into predictions and recommendations."""
+"""The :class:`Recommender`: a trained run turned into predictions and recommendations.
+
+The class holds the tables and answers the queries; the work behind them is
+done in modules of its own: :mod:`~resrec.inference.loading` (the run, the
+widened factor tables, movie metadata), :mod:`~resrec.inference.explain`
+(the additive terms, the fallback estimate, similar movies),
+:mod:`~resrec.inference.topn` (top-N) and :mod:`~resrec.inference.foldin`
+(new users).
+"""
 
 from __future__ import annotations
 
-import logging
-import math
-import re
 import threading
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from resrec.data.ratings import RatingScale
-from resrec.errors import (
-    ConfigError,
-    DataError,
-    ModelFileError,
-    UnknownIdError,
-    counted,
-    quoted,
-    shorten,
-)
+from resrec.errors import ConfigError, ModelFileError, UnknownIdError, counted
 from resrec.ids import IdMap
+from resrec.inference.explain import (
+    _bias_estimate,
+    _explain,
+    _fallback_many,
+    _fallback_name,
+    _similar,
+)
+from resrec.inference.foldin import _fold_in, _predict_folded, parse_rated
+from resrec.inference.loading import (
+    MIN_MOVIE_COVERAGE,
+    _factor_tables,
+    _load_movies,
+    _metadata_rows,
+    _noise_variance,
+    check_inference_model,
+    warn_if_foreign_movies,
+)
 from resrec.inference.pairs import PairScorer
 from resrec.inference.results import (
-    TERMS,
     Estimate,
-    Explanation,
     FoldedUser,
     Movie,
     Prediction,
-    Recommendation,
     Recommendations,
     ScoreReport,
-    SimilarMovie,
     SimilarMovies,
 )
-from resrec.inference.scoring import _bounded_int, _score_csv
+from resrec.inference.scoring import _score_csv
 from resrec.inference.side import SideBounds, _SideBranch
+from resrec.inference.topn import _prepare_top_n, _top_n, _useful_slack
 
 if TYPE_CHECKING:
     from resrec.data.movies import Movies
     from resrec.models.base import RatingModel
     from resrec.run import Run
 
-log = logging.getLogger(__name__)
-
-_PREPARE_AFTER = 16  # top-N queries answered by scoring every movie before bounds are built
-_GAP_FACTOR = 1.5  # the bounds are tried up to this times the anchor's gap (_useful_slack)
-MIN_MOVIE_COVERAGE = 0.9  # share of trained movies a movies file must list to look right
+__all__ = [
+    "MIN_MOVIE_COVERAGE",
+    "Recommender",
+    "check_inference_model",
+    "parse_rated",
+    "warn_if_foreign_movies",
+]
 
 # --------------------------------------------------------------------------- recommender
 
@@ -171,26 +184,7 @@ class Recommender:
     def _load_tables(self, model: RatingModel) -> None:
         self.has_biases = bool(getattr(model, "uses_biases", False))
         has_side = bool(getattr(model, "uses_side", False))
-        with torch.no_grad():
-            # The user vectors the model uses (with implicit feedback, p_u plus its term).
-            user_factors: Tensor = model.user_table()  # type: ignore[operator]
-            movie_factors: Tensor = model.movie_factors.weight  # type: ignore[union-attr,assignment]
-            self.P = user_factors.detach().float().clone().contiguous()
-            self.Q = movie_factors.detach().float().clone().contiguous()
-            n_users, n_movies = self.P.shape[0], self.Q.shape[0]
-            self.BU = torch.zeros(n_users)
-            self.BM = torch.zeros(n_movies)
-            if self.has_biases:
-                self.BU = model.user_bias.weight.detach().float().reshape(-1).clone()  # type: ignore[union-attr,operator]
-                self.BM = model.movie_bias.weight.detach().float().reshape(-1).clone()  # type: ignore[union-attr,operator]
-            # A side branch that reads movie ratings is a dot product of its own tables
-            # (MovieRatingsSide.tables): served as columns after the first main_dim ones.
-            self.main_dim = self.P.shape[1]
-            ratings_side = getattr(model, "ratings_side", None)
-            if ratings_side is not None:
-                side_users, side_movies = ratings_side.tables()
-                self.P = torch.cat([self.P, side_users], 1).contiguous()
-                self.Q = torch.cat([self.Q, side_movies], 1).contiguous()
+        self.P, self.BU, self.Q, self.BM, self.main_dim = _factor_tables(model, self.has_biases)
         self.side = _SideBranch(model.side, self.Q) if has_side else None  # type: ignore[arg-type]
         self._pairs = PairScorer(self.P, self.BU, self.Q, self.BM, self.side, self.has_biases)
         if len(self.user_map) != self.P.shape[0] or len(self.movie_map) != self.Q.shape[0]:
@@ -328,98 +322,9 @@ class Recommender:
 
     def explain(self, user_id: int, movie_id: int, *, fallback: bool = False) -> Prediction:
         """A prediction with its additive terms in ``.explanation``."""
-        user = self._user_index(user_id)
-        movie = self._movie_index(movie_id)
-        notes = []
-        if user is None:
-            if not fallback:
-                raise self._unknown("user", user_id)
-            notes.append(f"user_id {user_id} is not known")
-        if movie is None:
-            if not fallback:
-                raise self._unknown("movie", movie_id)
-            notes.append(f"movie_id {movie_id} is not known")
-
-        if user is not None and movie is not None:
-            terms = self._user_terms(self.P[user], float(self.BU[user]), torch.tensor([movie]))
-            estimate: Estimate = "model"
-            note = None
-        else:
-            terms = self._fallback_terms(user, movie)
-            estimate = "fallback"
-            note = "; ".join(notes) + f": {self._fallback_name(user, movie)}"
-        explanation = self._explanation({k: float(v[0]) for k, v in terms.items()})
-        return Prediction(
-            user_id=int(user_id),
-            movie=self.movie(movie_id),
-            prediction=explanation.prediction,
-            raw=explanation.raw,
-            estimate=estimate,
-            note=note,
-            explanation=explanation,
-        )
-
-    def _explanation(self, terms: Mapping[str, float]) -> Explanation:
-        raw = self.mu
-        for name in TERMS[1:]:
-            raw += float(terms[name])
-        return Explanation(
-            mu=self.mu,
-            user_bias=float(terms["user_bias"]),
-            movie_bias=float(terms["movie_bias"]),
-            dot=float(terms["dot"]),
-            side=float(terms["side"]),
-            raw=raw,
-            prediction=float(min(max(raw, self.scale.low), self.scale.high)),
-        )
-
-    def _fallback_name(self, user: int | None, movie: int | None) -> str:
-        if not self.has_biases:
-            return "the model has no bias terms, so the mean trained embedding stands in"
-        if user is None and movie is None:
-            return "neither is known, so the estimate is mu, the mean training rating"
-        if user is None:
-            return "bias estimate mu + movie bias"
-        return "bias estimate mu + user bias"
-
-    def _fallback_terms(self, user: int | None, movie: int | None) -> dict[str, np.ndarray]:
-        """Terms for a pair where the user, the movie or both are unknown."""
-        zero = np.zeros(1, dtype=np.float32)
-        if self.has_biases:
-            return {
-                "user_bias": self.BU[[user]].numpy() if user is not None else zero,
-                "movie_bias": self.BM[[movie]].numpy() if movie is not None else zero,
-                "dot": zero,
-                "side": zero,
-            }
-        p = self.P[[user]] if user is not None else self._prior_mean[None]
-        q = self.Q[[movie]] if movie is not None else self._mean_movie[None]
-        assert self.side is not None
-        with torch.inference_mode():
-            side = self.side.pairs(p, q).numpy()
-        return {"user_bias": zero, "movie_bias": zero, "dot": zero, "side": side}
+        return _explain(self, user_id, movie_id, fallback)
 
     # -- many pairs ---------------------------------------------------------------
-
-    def _user_terms(self, p: Tensor, bias: float, movies: Tensor) -> dict[str, np.ndarray]:
-        """float32 terms (minus mu) of one user embedding ``p`` and bias for movie indices.
-
-        The exact scores: explanations, and the rescoring that settles a top-N.
-        """
-        with torch.inference_mode():
-            n = movies.shape[0]
-            q = self.Q[movies]
-            zero = np.zeros(n, dtype=np.float32)
-            k = self.main_dim
-            terms = {
-                "user_bias": np.full(n, bias, dtype=np.float32),
-                "movie_bias": self.BM[movies].numpy(),
-                "dot": torch.mv(q[:, :k], p[:k]).numpy() if self.has_biases else zero,
-                "side": self.side.one_user(p, q).numpy() if self.side is not None else zero,
-            }
-            if k < q.shape[1]:  # the movie_ratings side branch's columns
-                terms["side"] = torch.mv(q[:, k:], p[k:]).numpy()
-            return terms
 
     def predict_indices(self, users: np.ndarray, movies: np.ndarray) -> np.ndarray:
         """Clipped float32 predictions for arrays of user and movie *indices*.
@@ -461,35 +366,8 @@ class Recommender:
         out = np.empty(len(users), dtype=np.float32)
         out[ok] = self.predict_indices(users[ok], movies[ok])
         if not ok.all():
-            out[~ok] = self._fallback_many(users, movies, user_ok, movie_ok, ~ok)
+            out[~ok] = _fallback_many(self, users, movies, user_ok, movie_ok, ~ok)
         return out, ~ok
-
-    def _fallback_many(
-        self,
-        users: np.ndarray,
-        movies: np.ndarray,
-        user_ok: np.ndarray,
-        movie_ok: np.ndarray,
-        rows: np.ndarray,
-    ) -> np.ndarray:
-        if not self.has_biases:
-            values = [
-                self._explanation(
-                    {
-                        k: float(v[0])
-                        for k, v in self._fallback_terms(
-                            int(users[r]) if user_ok[r] else None,
-                            int(movies[r]) if movie_ok[r] else None,
-                        ).items()
-                    }
-                ).prediction
-                for r in np.flatnonzero(rows)
-            ]
-            return np.asarray(values, dtype=np.float32)
-        bu = np.where(user_ok, self.BU.numpy()[np.maximum(users, 0)], 0.0)[rows]
-        bm = np.where(movie_ok, self.BM.numpy()[np.maximum(movies, 0)], 0.0)[rows]
-        raw = np.float32(self.mu) + bu.astype(np.float32) + bm.astype(np.float32)
-        return np.clip(raw, self.scale.low, self.scale.high)
 
     # -- top-N ----------------------------------------------------------------------
 
@@ -542,57 +420,13 @@ class Recommender:
             bias = 0.0
             rated = np.empty(0, dtype=np.int32)
             estimate = "fallback"
-            note = f"user_id {user_id} is not known: {self._fallback_name(None, 0)}"
+            note = f"user_id {user_id} is not known: {_fallback_name(self, None, 0)}"
         else:
             raise self._unknown("user", user_id)
-        return self._top_n(
-            p, bias, rated, n, include_rated, explain, user_id=int(user_id), estimate=estimate,
-            note=note,
+        return _top_n(
+            self, p, bias, rated, n, include_rated, explain, user_id=int(user_id),
+            estimate=estimate, note=note,
         )  # fmt: skip
-
-    def _top_n(
-        self,
-        p: Tensor | None,
-        bias: float,
-        rated: np.ndarray,
-        n: int,
-        include_rated: bool,
-        explain: bool,
-        *,
-        user_id: int | None,
-        estimate: Estimate,
-        note: str | None,
-    ) -> Recommendations:
-        scores, slack = self._rough_scores(p, bias, n)
-        left_out = rated if not include_rated else rated[:0]
-        excluded = int(left_out.size)
-        candidates = self._n_trained_movies - _distinct(left_out)  # rated movies are trained
-        if candidates == 0:
-            empty_reason = (
-                "the user has rated every movie the model knows; "
-                "ask to include rated movies to rank them anyway"
-                if excluded
-                else "the model knows no movies"
-            )
-            return Recommendations(user_id, [], estimate, excluded, 0, note, empty_reason)
-
-        chosen, terms = self._select(scores, left_out, min(n, candidates), p, bias, slack)
-        items = []
-        for rank, (movie, values) in enumerate(zip(chosen, terms, strict=True), start=1):
-            explanation = self._explanation(values)
-            items.append(
-                Recommendation(
-                    rank=rank,
-                    movie=self._movie_of_index(int(movie)),
-                    prediction=explanation.prediction,
-                    raw=explanation.raw,
-                    explanation=explanation if explain else None,
-                )
-            )
-        reason = None
-        if len(items) < n:
-            reason = f"only {counted(candidates, 'movie')} could be recommended"
-        return Recommendations(user_id, items, estimate, excluded, candidates, note, reason)
 
     def prepare_top_n(self) -> None:
         """Build what makes repeated top-N queries fast (:class:`SideBounds`).
@@ -602,112 +436,14 @@ class Recommender:
         has no usable bound (none, linear, or not one activation and one
         output layer).
         """
-        if not self._use_bounds or self.side is None or self.side.lipschitz() is None:
-            return
-        with self._bounds_lock:
-            if self._bounds is None:
-                rows = torch.from_numpy(np.flatnonzero(self.trained_users))
-                bounds = SideBounds(self.side, self.P[rows])
-                self._anchor_tops = self._best_at_anchors(bounds)
-                self._bounds = bounds
-
-    def _best_at_anchors(self, bounds: SideBounds) -> Tensor:
-        """Each anchor's best scores over the trained movies, best first, an eighth of them."""
-        trained = self._trained_movie_index
-        with torch.inference_mode():
-            scores = bounds.table[:, trained] + self.BM[trained]  # (anchors, trained movies)
-            if self.has_biases:
-                scores += bounds.anchors @ self.Q[trained].t()
-            return torch.topk(scores, trained.numel() // 8, dim=1).values
+        _prepare_top_n(self)
 
     def _useful_slack(self, anchor: int, n: int) -> float:
         """The most slack with which the bounds are likely to spare a top-``n`` query work.
 
-        A query whose rough scores are off by ``slack`` rescores every movie
-        within ``slack`` of its n-th best, and falls back to scoring every
-        movie when that is more than an eighth of them. At the anchor itself
-        that happens when ``slack`` exceeds the gap between its n-th best
-        score and its eighth-of-the-movies one. A user's own gap is most often
-        somewhat wider than its anchor's, and a rough pass that fails costs
-        about a quarter of a full one, so up to :data:`_GAP_FACTOR` times the
-        anchor's gap is tried (measured on models trained on MovieLens-shaped
-        and on uniformly random synthetic ratings).
+        See :func:`resrec.inference.topn._useful_slack`.
         """
-        tops = self._anchor_tops
-        last = tops.shape[1] - 1
-        if n > last:  # the fallback is then bounded by 4 n, not by an eighth of the movies
-            return math.inf
-        return _GAP_FACTOR * float(tops[anchor, n - 1] - tops[anchor, last])
-
-    def _rough_scores(self, p: Tensor | None, bias: float, n: int) -> tuple[np.ndarray, float]:
-        """Scores for every movie, and how far (at most) each may be from the exact score.
-
-        Exact up to float rounding (slack 0) until :meth:`prepare_top_n` has
-        run; then the side branch comes from the nearest anchor user
-        (:meth:`SideBounds.nearest`) and the slack is twice its radius, unless
-        that is more than the bounds are likely to use for a top-``n``
-        (:meth:`_useful_slack`): every movie is then scored at once.
-        """
-        if p is not None and self._bounds is None and self.side is not None:
-            self._top_n_calls += 1  # a lost update under threads only delays the build
-            if self._top_n_calls > _PREPARE_AFTER:
-                self.prepare_top_n()
-        bounds = self._bounds
-        if p is None or bounds is None:
-            return self._all_scores(p, bias), 0.0
-        anchor, shift, radius = bounds.nearest(p)
-        if 2.0 * radius > self._useful_slack(anchor, n):
-            return self._all_scores(p, bias), 0.0
-        with torch.inference_mode():
-            out = torch.addmv(self.BM, self.Q, p) if self.has_biases else self.BM.clone()
-            out += bounds.table[anchor]
-            out += self.mu + bias + shift
-        return out.numpy(), 2.0 * radius
-
-    def _select(
-        self,
-        scores: np.ndarray,
-        left_out: np.ndarray,
-        k: int,
-        p: Tensor | None,
-        bias: float,
-        slack: float = 0.0,
-    ) -> tuple[np.ndarray, list[dict[str, float]]]:
-        """The top ``k`` movie indices by exact score (ties by movie_id), and their terms.
-
-        Untrained movies and those in ``left_out`` are not ranked; at least
-        ``k`` others must be. ``scores`` are within ``slack`` of the exact
-        scores (and the fast all-movies scores may differ from the exact pair
-        scores in the last float32 digits), so every movie within that margin
-        of the k-th best is rescored exactly before the final order is taken.
-        When the margin lets in too many movies, every movie is scored instead.
-        """
-        masked = scores + self._untrained_penalty  # -inf for untrained movies
-        masked[left_out] = -np.inf
-        kth = float(torch.topk(torch.from_numpy(masked), k, sorted=False).values.min())
-        margin = 1e-3 + 1e-5 * abs(kth) + slack
-        pool = np.flatnonzero(masked >= kth - margin)
-        if slack > 0 and pool.size > max(4 * k, masked.size // 8):
-            return self._select(self._all_scores(p, bias), left_out, k, p, bias)
-        arrays = self._terms_arrays(p, bias, pool)
-        exact = np.full(pool.size, self.mu)
-        for name in TERMS[1:]:  # the order and precision of Explanation.raw
-            exact = exact + arrays[name].astype(np.float64)
-        order = np.lexsort((pool, -exact))[:k]  # score descending, then movie_id ascending
-        terms = [{name: float(values[i]) for name, values in arrays.items()} for i in order]
-        return pool[order], terms
-
-    def _terms_arrays(
-        self, p: Tensor | None, bias: float, movies: np.ndarray
-    ) -> dict[str, np.ndarray]:
-        """float32 terms (minus mu) of one user embedding (``None``: bias-only fallback)."""
-        index = torch.from_numpy(np.asarray(movies, dtype=np.int64))
-        n = index.shape[0]
-        if p is None:
-            zero = np.zeros(n, dtype=np.float32)
-            bm = self.BM[index].numpy()
-            return {"user_bias": zero, "movie_bias": bm, "dot": zero, "side": zero}
-        return self._user_terms(p, bias, index)
+        return _useful_slack(self, anchor, n)
 
     # -- similar movies -----------------------------------------------------------------
 
@@ -718,21 +454,7 @@ class Recommender:
         docstring). Ties are broken by ascending ``movie_id``.
         """
         _check_n(n)
-        index = self._movie_index(movie_id)
-        if index is None:
-            raise UnknownIdError(
-                str(self._unknown("movie", movie_id).message),
-                hint="similar movies need a movie with training ratings",
-            )
-        with torch.inference_mode():
-            q = self.Q[index, : self.main_dim]
-            cosine = (self._unit_q @ (q / q.norm().clamp_min(1e-12))).numpy()
-        pool = self._trained_movie_index.numpy()
-        keep = pool != index
-        pool, cosine = pool[keep], cosine[keep]
-        order = np.lexsort((pool, -cosine))[:n]
-        items = [SimilarMovie(self._movie_of_index(int(pool[i])), float(cosine[i])) for i in order]
-        return SimilarMovies(self.movie(movie_id), items)
+        return _similar(self, movie_id, n)
 
     # -- new users --------------------------------------------------------------------
 
@@ -760,104 +482,7 @@ class Recommender:
         UnknownIdError
             A movie the model does not know (unless ``unknown="ignore"``).
         """
-        movie_ids, values = _rating_arrays(ratings)
-        index, kept, ignored = self._rated_movies(movie_ids, unknown)
-        values = values[kept]
-        self._check_ratings(values)
-        if index.size == 0:
-            raise ConfigError(
-                "none of the rated movies is known to the model; rate movies it was trained on"
-            )
-
-        p, bias = self._fit_user(index, values, prior_weight, factors)
-        with torch.inference_mode():
-            terms = self._user_terms(p, bias, torch.from_numpy(index))
-        fitted = self.mu + sum(terms[k].astype(np.float64) for k in TERMS[1:])
-        rmse = float(np.sqrt(np.mean((fitted - values) ** 2)))
-        return FoldedUser(
-            factors=p.numpy().copy(),
-            bias=bias,
-            movie_index=index,
-            movie_id=self.movie_map.raw_ids[index],
-            rating=values,
-            fit_rmse=rmse,
-            ignored=ignored,
-        )
-
-    def _rated_movies(
-        self, movie_ids: np.ndarray, unknown: str
-    ) -> tuple[np.ndarray, np.ndarray, list[int]]:
-        if unknown not in ("error", "ignore"):
-            raise ConfigError(f"unknown must be 'error' or 'ignore'; got {unknown!r}")
-        index = self.movie_map.index_of(movie_ids, missing="negative")
-        known = index >= 0
-        known[known] = self.trained_movies[index[known]]
-        ignored = [int(m) for m in movie_ids[~known]]
-        if ignored and unknown == "error":
-            raise UnknownIdError(
-                str(self._unknown("movie", ignored[0]).message),
-                hint="rate movies the model was trained on, or skip unknown ones "
-                "(--ignore-unknown; 'unknown': 'ignore' in the HTTP API)",
-            )
-        return index[known], known, ignored
-
-    def _check_ratings(self, values: np.ndarray) -> None:
-        finite = np.isfinite(values)
-        if not finite.all():
-            raise ConfigError(
-                f"rating {float(values[~finite][0])} is not a finite number, so not on the "
-                f"rating scale ({self.scale.describe()})"
-            )
-        bad = ~self.scale.on_scale(values)
-        if bad.any():
-            raise ConfigError(
-                f"rating {float(values[bad][0]):g} is not on the rating scale "
-                f"({self.scale.describe()})"
-            )
-
-    def _fit_user(
-        self, movies: np.ndarray, values: np.ndarray, prior_weight: float, factors: bool
-    ) -> tuple[Tensor, float]:
-        """Minimise squared error + prior over (embedding, bias) with L-BFGS."""
-        if not prior_weight >= 0:
-            raise ConfigError(f"prior_weight must be >= 0; got {prior_weight}")
-        m = torch.from_numpy(movies.astype(np.int64))
-        target = torch.from_numpy(values.astype(np.float32)) - self.mu
-        q = self.Q[m]
-        bm = self.BM[m]
-        weight = self.noise_variance * prior_weight
-
-        p = self._prior_mean.clone().requires_grad_(factors)
-        b = torch.tensor(self._prior_bias if self.has_biases else 0.0)
-        b.requires_grad_(self.has_biases)
-        params = [t for t in (p, b) if t.requires_grad]
-        if not params:
-            return p.detach(), float(b)
-
-        def loss() -> Tensor:
-            pred = bm + b
-            pp = p.expand(q.shape[0], -1)
-            if self.has_biases:
-                pred = pred + (pp * q).sum(1)
-            if self.side is not None:
-                pred = pred + self.side.pairs(pp, q)
-            penalty = ((p - self._prior_mean) ** 2 / self._prior_var).sum()
-            penalty = penalty + (b - self._prior_bias) ** 2 / self._prior_bias_var
-            return ((target - pred) ** 2).sum() + weight * penalty
-
-        optimizer = torch.optim.LBFGS(
-            params, lr=1.0, max_iter=100, tolerance_grad=1e-6, line_search_fn="strong_wolfe"
-        )
-
-        def closure() -> Tensor:
-            optimizer.zero_grad()
-            value = loss()
-            value.backward()
-            return value
-
-        with torch.enable_grad():
-            optimizer.step(closure)
-        return p.detach(), float(b.detach())
+        return _fold_in(self, ratings, unknown, prior_weight, factors)
 
     def recommend_for_ratings(
         self,
@@ -877,31 +502,18 @@ class Recommender:
         note = f"folded in from {counted(user.movie_index.size, 'rating')}"
         if user.ignored:
             note += f"; ignored unknown movie_ids {user.ignored}"
-        return self._top_n(
-            torch.from_numpy(user.factors), user.bias, user.movie_index, n, include_rated, explain,
-            user_id=None, estimate="folded-in", note=note,
+        return _top_n(
+            self, torch.from_numpy(user.factors), user.bias, user.movie_index, n, include_rated,
+            explain, user_id=None, estimate="folded-in", note=note,
         )  # fmt: skip
 
     def predict_folded(self, user: FoldedUser, movie_ids: np.ndarray) -> np.ndarray:
         """Clipped predictions of a folded-in user for known ``movie_ids``."""
-        index = self.movie_map.index_of(movie_ids)
-        if not self.trained_movies[index].all():
-            bad = int(np.asarray(movie_ids)[~self.trained_movies[index]][0])
-            raise self._unknown("movie", bad)
-        p = torch.from_numpy(user.factors)
-        terms = self._user_terms(p, user.bias, torch.from_numpy(index))
-        raw = self.mu + sum(terms[k].astype(np.float64) for k in TERMS[1:])
-        return np.clip(raw, self.scale.low, self.scale.high)
+        return _predict_folded(self, user, movie_ids)
 
     def bias_estimate(self, movie_ids: np.ndarray) -> np.ndarray:
         """The fallback for an unknown user: ``mu + movie_bias``, clipped (known movies only)."""
-        index = self.movie_map.index_of(movie_ids)
-        if not self.has_biases:
-            terms = self._user_terms(self._prior_mean, 0.0, torch.from_numpy(index))
-            raw = self.mu + terms["side"].astype(np.float64)
-        else:
-            raw = self.mu + self.BM.numpy()[index].astype(np.float64)
-        return np.clip(raw, self.scale.low, self.scale.high)
+        return _bias_estimate(self, movie_ids)
 
     # -- files ----------------------------------------------------------------------------
 
@@ -946,21 +558,6 @@ class Recommender:
 # --------------------------------------------------------------------------- helpers
 
 
-_KIND_OF = {"Biases": "biases", "GlobalMean": "global-mean"}
-
-
-def check_inference_model(model: RatingModel, name: str) -> None:
-    """Refuse a model without embeddings (``biases``, ``global-mean``), naming the run."""
-    if hasattr(model, "user_factors") and hasattr(model, "movie_factors"):
-        return
-    kind = _KIND_OF.get(type(model).__name__, type(model).__name__)
-    raise ModelFileError(
-        f"{name} holds a {kind} model, which has no embeddings; predict, recommend, score, "
-        "explain, similar and serve need a residual, mf or deep run: train one with "
-        "'resrec train --model residual' (or mf, deep)"
-    )
-
-
 def _index_in(id_map: IdMap, raw_id: int) -> int:
     """The index of one raw id, or -1 (also for ids beyond int64, which no map holds)."""
     raw_id = int(raw_id)
@@ -971,135 +568,6 @@ def _index_in(id_map: IdMap, raw_id: int) -> int:
     return pos if pos < raw_ids.size and int(raw_ids[pos]) == raw_id else -1
 
 
-def _distinct(index: np.ndarray) -> int:
-    """How many different values ``index`` holds (a user's rated movies come sorted)."""
-    if index.size < 2 or bool((index[1:] > index[:-1]).all()):
-        return int(index.size)
-    return int(np.unique(index).size)
-
-
 def _check_n(n: int) -> None:
     if n < 1:
         raise ConfigError(f"n must be at least 1; got {n}")
-
-
-def _rating_arrays(
-    ratings: Mapping[int, float] | Iterable[tuple[int, float]],
-) -> tuple[np.ndarray, np.ndarray]:
-    pairs = list(ratings.items()) if isinstance(ratings, Mapping) else list(ratings)
-    if not pairs:
-        raise ConfigError("no ratings given; a new user needs at least one rating")
-    too_big = [m for m, _ in pairs if not -(2**63) <= int(m) < 2**63]
-    if too_big:
-        shown = shorten(str(too_big[0]))
-        raise UnknownIdError(f"unknown movie_id {shown}: it does not occur in the model")
-    movie_ids = np.asarray([int(m) for m, _ in pairs], dtype=np.int64)
-    values = np.asarray([float(r) for _, r in pairs], dtype=np.float64)
-    unique, counts = np.unique(movie_ids, return_counts=True)
-    if (counts > 1).any():
-        raise ConfigError(f"movie_id {int(unique[counts > 1][0])} is rated more than once")
-    return movie_ids, values
-
-
-def parse_rated(text: str) -> list[tuple[int, float]]:
-    """Parse ``"movie:rating,movie:rating,..."`` (the CLI's ``--rated``)."""
-    pairs = []
-    for number, item in enumerate(text.split(","), start=1):
-        movie, sep, rating = (part.strip() for part in item.strip().partition(":"))
-        if not (sep and re.fullmatch(r"[+-]?[0-9]+", movie) and _is_number(rating)):
-            raise ConfigError(
-                f"--rated item {number} is {quoted(item.strip())}; expected MOVIE_ID:RATING, "
-                "e.g. '50:5,172:4.5'"
-            )
-        if _bounded_int(movie) >= 2**63 or _bounded_int(movie) < -(2**63):
-            raise ConfigError(
-                f"--rated item {number}: movie_id {quoted(movie)} is out of range: "
-                "ids are 64-bit integers"
-            )
-        if not math.isfinite(float(rating)):
-            raise ConfigError(
-                f"--rated item {number}: rating {quoted(rating)} is not a finite number; "
-                "expected a rating such as 4 or 4.5"
-            )
-        pairs.append((int(movie), float(rating)))
-    return pairs
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _metadata_rows(movie_map: IdMap, movies: Movies | None) -> np.ndarray:
-    """Row of each movie index in the metadata table (-1 where it is not listed)."""
-    rows = np.full(len(movie_map), -1, dtype=np.int64)
-    if movies is not None and len(movies):
-        ids = np.asarray(movies.movie_id, dtype=np.int64)
-        index = movie_map.index_of(ids, missing="negative")
-        listed = index >= 0
-        rows[index[listed]] = np.flatnonzero(listed)
-    rows.flags.writeable = False
-    return rows
-
-
-def _noise_variance(metrics: Mapping[str, Any]) -> float | None:
-    for split in ("valid", "test"):
-        value = metrics.get(split, {}).get("mse") if isinstance(metrics.get(split), dict) else None
-        if value is not None and math.isfinite(value) and value > 0:
-            return float(value)
-    return None
-
-
-def warn_if_foreign_movies(movies: Movies, layout: str, trained_ids: np.ndarray) -> None:
-    """Log a warning when ``movies`` looks like another release's file than the ratings'.
-
-    It does when its layout is not the one that ships with ``layout`` (the
-    ratings layout of the run), or when it lists fewer than
-    :data:`MIN_MOVIE_COVERAGE` of ``trained_ids``: its titles would then be
-    put on the wrong movies.
-    """
-    from resrec.data.movies import MOVIES_FAMILY_OF_LAYOUT
-
-    reasons = []
-    expected = MOVIES_FAMILY_OF_LAYOUT.get(layout)
-    if expected and movies.family and movies.family != expected:
-        reasons.append(
-            f"a {movies.family} file, but the run's {layout} ratings come with {expected}"
-        )
-    listed = int(np.isin(trained_ids, movies.movie_id).sum())
-    coverage = listed / trained_ids.size if trained_ids.size else 1.0
-    if coverage < MIN_MOVIE_COVERAGE:
-        reasons.append(f"fewer than {MIN_MOVIE_COVERAGE:.0%} of the trained movies listed")
-    if reasons:
-        log.warning(
-            "movies file %s may belong to another MovieLens release (%s): it lists %s of the "
-            "model's %s (%.1f%%); titles and genres may be wrong",
-            movies.source, "; ".join(reasons), f"{listed:,}",
-            counted(trained_ids.size, "trained movie"),
-            100 * coverage,
-        )  # fmt: skip
-
-
-def _load_movies(run: Run, movies_path: str | Path | None) -> Movies | None:
-    from resrec.data.movies import find_movies_file, read_movies
-
-    if movies_path is not None:
-        return read_movies(movies_path)
-    source = str(run.info.get("data", {}).get("source") or "")
-    if not source or source.startswith("<"):
-        log.info("the run's ratings came from memory; no movie metadata to look for")
-        return None
-    found = find_movies_file(source)
-    if found is None:
-        log.info("no movies file beside %s; results will have no titles", source)
-        return None
-    try:
-        movies = read_movies(found)
-    except DataError as exc:
-        log.warning("ignoring movie metadata in %s: %s", found, exc)
-        return None
-    log.info("movie metadata from %s (%s)", found, counted(len(movies), "movie"))
-    return movies

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from resrec.errors import ECHO_LIMIT, ConfigError, DataError, quoted, shorten
+from resrec.inference.explain import _fallback_many
 from resrec.inference.results import ScoreReport
 
 if TYPE_CHECKING:
@@ -405,7 +406,7 @@ def _score_batch(
     known = ok[keep]
     prediction[known] = rec.predict_indices(users[ok], movies[ok])
     if fallback and not ok.all():
-        prediction[~known] = rec._fallback_many(users, movies, user_ok, movie_ok, ~ok)
+        prediction[~known] = _fallback_many(rec, users, movies, user_ok, movie_ok, ~ok)
         report.fallback += int((~ok).sum())
     report.scored += int(keep.sum())
     columns = [
