@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from resrec.allocator import keep_freed_memory
 from resrec.train.trainer import Examples
 
 ML20M_USERS = 138_493
@@ -39,13 +40,19 @@ def cpu_model() -> str:
 
 
 def header(title: str) -> None:
-    """Print the benchmark's title and the machine it runs on."""
+    """Print the benchmark's title and the machine it runs on.
+
+    Also applies the allocator settings the ``resrec`` command uses
+    (:func:`resrec.allocator.keep_freed_memory`), so figures are the command's.
+    """
+    kept = keep_freed_memory()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"# {title}")
     print(f"# machine: {cpu_model()}, {os.cpu_count()} cores, load average {load}")
     print(
         f"# python {platform.python_version()}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads by default), numpy {np.__version__}"
+        f"({torch.get_num_threads()} threads by default), numpy {np.__version__}, "
+        f"freed memory kept: {'yes' if kept else 'no'}"
     )
 
 

@@ -231,7 +231,7 @@ def test_delimited_header_names_are_mapped_to_roles(tmp_path: Path) -> None:
 
 
 def test_headerless_csv_is_not_eaten_as_header(tmp_path: Path) -> None:
-    path = write(tmp_path, "ratings.csv", "1,2,3.5,100\n1,3,4.0,200\n")
+    path = write(tmp_path, "export.csv", "1,2,3.5,100\n1,3,4.0,200\n")
 
     ratings = read(path)
 

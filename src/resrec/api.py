@@ -3,7 +3,8 @@
 >>> app = create_app(Recommender.load("runs/ml-100k-tutorial"))
 >>> uvicorn.run(app, host="127.0.0.1", port=8000)      # or: resrec serve RUN
 
-Endpoints (JSON; the OpenAPI schema is at ``/openapi.json``, its pages at ``/docs``):
+Endpoints (JSON; the OpenAPI schema is at ``/openapi.json``, its pages at ``/docs``
+and ``/redoc``, which load their scripts from a CDN and so need internet access):
 
 ==========================================  =============================================
 ``GET  /api/health``                        the run, its size, the rating scale
@@ -26,10 +27,14 @@ not converted: a posted body takes JSON integers for ids and counts (not
 ``"1"``, ``1.0`` or ``true``), JSON numbers for ratings and ``true``/``false``
 for flags; in a query or path an integer is written with digits only (an
 optional minus, no ``4.0``, spaces or underscores) and a flag as ``true`` or
-``false``. The
-recommender is read-only and needs no locks. Quick endpoints run on the event
-loop (a thread hop costs more than their work); fold-in and title search run
-in the server's thread pool. For more than one core, serve with several
+``false``. A query parameter the endpoint does not take, or one given twice,
+gets a 422 too. ``HEAD`` is answered wherever ``GET`` is. A request line
+and headers over about 80 KB (the limit of uvicorn's HTTP parser) get
+uvicorn's own plain-text 400 before the app sees them.
+
+The recommender is read-only and needs no locks. Quick endpoints run on the
+event loop (a thread hop costs more than their work); fold-in and title search
+run in the server's thread pool. For more than one core, serve with several
 workers (``resrec serve --workers N``), each loading its own copy of the run.
 """
 
@@ -38,13 +43,17 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Coroutine, Sequence
 from importlib import resources
 from typing import Annotated, Any, Literal
 
 from fastapi import Body, FastAPI, Path, Query, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
 from starlette.exceptions import HTTPException
@@ -252,13 +261,19 @@ def create_app(recommender: Recommender) -> FastAPI:
         version=__version__,
         description="Rating predictions and recommendations from a residual-network "
         "recommender trained on MovieLens. Ids are raw MovieLens ids.",
+        docs_url=None,  # served by _add_docs, with a note that the pages need internet access
+        redoc_url=None,
     )
+    app.router.route_class = StrictQueryRoute
     app.state.recommender = recommender
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(HeadAsGet)
     app.add_exception_handler(ResrecError, _resrec_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(QueryError, _query_error)  # type: ignore[arg-type]
     _add_routes(app, recommender)
+    _add_docs(app)
     web = resources.files("resrec") / "web"
     app.mount("/static", StaticFiles(directory=str(web)), name="static")
     return app
@@ -290,7 +305,21 @@ async def _resrec_error(request: Request, exc: ResrecError) -> JSONResponse:
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    """Starlette's answers (an unknown path, a wrong method) with a hint added."""
+    """Starlette's answers (an unknown path, a wrong method) with a hint added.
+
+    A body that is not UTF-8 (FastAPI's bare 400) gets a 422 like malformed JSON.
+    """
+    if isinstance(exc.__cause__, UnicodeDecodeError):
+        cause = exc.__cause__
+        byte = cause.object[cause.start : cause.start + 1].hex()
+        detail = [
+            {
+                "loc": ["body", str(cause.start)],
+                "msg": f"not UTF-8 text: byte 0x{byte} at position {cause.start}",
+            }
+        ]
+        hint = f"encode the body as UTF-8; {_BODY_HINT}"
+        return JSONResponse({"detail": detail, "hint": hint}, status_code=422)
     body = {"detail": str(exc.detail), "hint": _HTTP_HINTS.get(exc.status_code, DOCS_HINT)}
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
@@ -353,6 +382,102 @@ _FIELD_HINTS = {
     "unknown": "'error' or 'ignore'",
     "body": _BODY_HINT.replace("{", "{{").replace("}", "}}"),
 }
+
+
+class QueryError(Exception):
+    """A query parameter the endpoint does not take, or one given more than once."""
+
+    def __init__(self, name: str, msg: str, hint: str) -> None:
+        super().__init__(msg)
+        self.name = name
+        self.msg = msg
+        self.hint = hint
+
+
+async def _query_error(request: Request, exc: QueryError) -> JSONResponse:
+    """A 422 in the shape of FastAPI's own, as for an unknown field of a body."""
+    detail = [{"loc": ["query", exc.name], "msg": exc.msg}]
+    return JSONResponse({"detail": detail, "hint": exc.hint}, status_code=422)
+
+
+class StrictQueryRoute(APIRoute):
+    """An endpoint that refuses query parameters it does not take, and any given twice.
+
+    FastAPI ignores an unknown query parameter and keeps the last of repeated
+    ones, so a misspelt ``fallback`` or a stray ``user_id`` would go
+    unnoticed. The web page itself (outside the schema) takes any query.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if not self.include_in_schema:
+            return handler
+        allowed = _query_names(self.dependant)
+        path, body = self.path, self.body_field is not None
+
+        async def checked(request: Request) -> Response:
+            _check_query(request, allowed, path, body)
+            return await handler(request)
+
+        return checked
+
+
+def _query_names(dependant: Dependant) -> list[str]:
+    """The query parameters an endpoint takes, in the order it declares them."""
+    names = [param.alias for param in dependant.query_params]
+    for sub in dependant.dependencies:
+        names += [name for name in _query_names(sub) if name not in names]
+    return names
+
+
+def _check_query(request: Request, allowed: list[str], path: str, body: bool) -> None:
+    counts = Counter(name for name, _ in request.query_params.multi_items())
+    for name, count in counts.items():
+        if name not in allowed:
+            takes = f"it takes {_listed(allowed)}" if allowed else "it takes no query parameters"
+            if body:
+                takes += "; its values go in the JSON body"
+            raise QueryError(
+                name,
+                "unknown query parameter",
+                f"{name or 'an empty name'} is not a parameter of {path}; {takes}",
+            )
+        if count > 1:
+            raise QueryError(name, f"given {count} times", f"give {name} once; {_query_hint(name)}")
+
+
+def _listed(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _query_hint(name: str) -> str:
+    expected = _FIELD_HINTS.get(name)
+    return f"{name} takes {expected}" if expected else DOCS_HINT
+
+
+class HeadAsGet:
+    """ASGI middleware: answers ``HEAD`` as ``GET`` would, with the headers and no body.
+
+    FastAPI's endpoints answer only the methods they declare; with this,
+    ``HEAD`` works wherever ``GET`` does (it costs what the ``GET`` costs).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
 
 
 class BodyLimit:
@@ -547,3 +672,32 @@ def _add_routes(app: FastAPI, rec: Recommender) -> None:
     async def similar(movie_id: MovieIdPath, n: CountQuery = 10) -> Response:
         """Movies with the most similar embeddings (cosine; ignores biases and side branch)."""
         return _json(SimilarMoviesOut.model_validate(rec.similar(movie_id, n)))
+
+
+_OFFLINE_NOTE = (
+    '<p style="font: 14px sans-serif; margin: 8px 16px">This page loads {what} from '
+    "cdn.jsdelivr.net, so it needs internet access. Offline, the schema it shows is at "
+    '<a href="/openapi.json">/openapi.json</a>.</p>'
+)
+
+
+def _add_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI) and ``/redoc``, each saying that it needs internet access.
+
+    Their scripts come from a CDN (no package of the dependencies ships them),
+    so offline the pages would otherwise be blank.
+    """
+
+    def with_note(page: HTMLResponse, what: str) -> HTMLResponse:
+        html = bytes(page.body).decode()
+        html = html.replace("<body>", "<body>" + _OFFLINE_NOTE.format(what=what), 1)
+        return HTMLResponse(html)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        page = get_swagger_ui_html(openapi_url="/openapi.json", title="resrec API")
+        return with_note(page, "Swagger UI")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return with_note(get_redoc_html(openapi_url="/openapi.json", title="resrec API"), "ReDoc")

@@ -32,7 +32,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +42,9 @@ import numpy as np
 from resrec.config import TrainConfig, preset
 from resrec.data.ratings import Ratings
 from resrec.errors import ConfigError
+from resrec.files import make_staging_folder
 from resrec.ranking import catalogue_coverage, check_threshold, ranking_metrics, top_k_movies
-from resrec.run import OutputKind, check_output_folder
+from resrec.run import COMPARISON_OUTPUT, check_output_folder
 from resrec.split import Split, split_ratings
 from resrec.train.checkpoint import storage_error
 from resrec.workflow import Encoded, TrainResult, encode_ratings, fit, predict_indices
@@ -53,7 +53,6 @@ log = logging.getLogger(__name__)
 
 MODEL_KINDS = ("global-mean", "biases", "mf", "deep", "residual")
 
-COMPARISON_OUTPUT = OutputKind("comparison", "comparison folder", ("compare.json", "compare.csv"))
 
 # Columns averaged over repeats, in table order, with their Markdown headings.
 SUMMARY_COLUMNS: dict[str, str] = {
@@ -170,6 +169,9 @@ def compare(
         outcome = race.run(models, repeats, seed, runs_dir=staging / "runs" if save_runs else None)
         write_outputs(outcome, staging, encoded)
         outcome.files = _publish(staging, target, overwrite=overwrite)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise storage_error(exc, target) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -243,9 +245,9 @@ def _staging_folder(target: Path) -> Path:
     """A new hidden folder beside ``target`` to write the comparison into."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     except OSError as exc:
         raise storage_error(exc, target) from None
+    return make_staging_folder(target)
 
 
 def _publish(staging: Path, target: Path, *, overwrite: bool) -> dict[str, Path]:

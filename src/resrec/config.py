@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from resrec.errors import ConfigError, echoed
+from resrec.errors import ConfigError, counted, echoed
+
+log = logging.getLogger(__name__)
 
 ModelKind = Literal["residual", "mf", "deep", "biases", "global-mean"]
 OptimizerKind = Literal["sgd", "adam", "adagrad"]
@@ -83,48 +88,32 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_types(self)
-        _check(self.embedding_dim >= 1, "embedding_dim must be >= 1", self.embedding_dim)
-        _check(all(h >= 1 for h in self.hidden), "hidden widths must be >= 1", self.hidden)
-        _check(0 <= self.dropout < 1, "dropout must be in [0, 1)", self.dropout)
-        _check(0 < self.lr <= 1e6, "lr must be > 0 and at most 1e6", self.lr)
-        _check(0 <= self.momentum < 1, "momentum must be in [0, 1)", self.momentum)
-        _check(
-            min(self.l2, self.l2_dense, self.l2_implicit) >= 0,
-            "l2, l2_dense and l2_implicit must be >= 0",
-            (self.l2, self.l2_dense, self.l2_implicit),
-        )
-        _check(
-            0 <= self.l2_count_power <= 1, "l2_count_power must be in [0, 1]", self.l2_count_power
-        )
-        _check(self.batch_size >= 1, "batch_size must be >= 1", self.batch_size)
-        _check(self.user_chunk >= 0, "user_chunk must be >= 0", self.user_chunk)
-        _check(self.side_units >= 1, "side_units must be >= 1", self.side_units)
-        _check(self.side_l2 >= 0, "side_l2 must be >= 0", self.side_l2)
-        _check(0 < self.side_lr <= 1e6, "side_lr must be > 0 and at most 1e6", self.side_lr)
-        _check(self.side_epochs >= 1, "side_epochs must be >= 1", self.side_epochs)
-        _check(self.epochs >= 1, "epochs must be >= 1", self.epochs)
-        _check(self.early_stopping >= 0, "early_stopping must be >= 0", self.early_stopping)
-        _check(self.threads >= 0, "threads must be >= 0", self.threads)
-        _check(
-            min(self.bias_reg_user, self.bias_reg_movie) >= 0 and self.bias_passes >= 1,
-            "bias_reg_user, bias_reg_movie must be >= 0 and bias_passes >= 1",
-            (self.bias_reg_user, self.bias_reg_movie, self.bias_passes),
-        )
-        if self.early_stopping and self.valid_fraction <= 0:
-            raise ConfigError(
-                "early_stopping needs a validation split: set valid_fraction > 0 "
-                "(early stopping never looks at the test split)"
-            )
+        _check_ranges(self)
+        _check_consistent(self)
 
     def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with ``changes`` applied; unknown names raise :class:`ConfigError`."""
+        """A copy with ``changes`` applied; unknown names raise :class:`ConfigError`.
+
+        ``side_input`` is the residual model's: changing ``model`` to another
+        model without naming ``side_input`` resets it to ``"embeddings"``. A
+        changed field that the result does not use (``betas`` with SGD,
+        ``schedule_step`` without the step schedule, ...) is logged as a warning.
+        """
+        new = self._replaced(changes)
+        _warn_unused(self, new, changes)
+        return new
+
+    def _replaced(self, changes: dict[str, Any]) -> TrainConfig:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise ConfigError(
                 f"unknown config field(s) {sorted(unknown)}; known fields are "
                 f"{sorted(f.name for f in dataclasses.fields(self))}"
             )
-        return dataclasses.replace(self, **_coerce(changes))
+        changes = _coerce(changes)
+        if "model" in changes and "side_input" not in changes and changes["model"] != "residual":
+            changes["side_input"] = "embeddings"
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -134,7 +123,14 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        return cls().replace(**data)
+        """The config saved as ``data`` (a run's or a checkpoint's), without warnings.
+
+        Runs saved before ``side_input`` was checked may pair another model with
+        ``"movie_ratings"``, which that model never read: it is read as ``"embeddings"``.
+        """
+        if data.get("side_input") == "movie_ratings" and data.get("model") in _OTHER_MODELS:
+            data = {**data, "side_input": "embeddings"}
+        return cls()._replaced(data)
 
 
 _CHOICES: dict[str, tuple[str, ...]] = {
@@ -145,8 +141,38 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "side_input": get_args(SideInput),
     "device": ("auto", "cpu", "cuda"),
 }
+_OTHER_MODELS = tuple(m for m in get_args(ModelKind) if m != "residual")
 _SCALARS: dict[str, type] = {"int": int, "float": float, "bool": bool}
 _LARGEST_SEED = 2**32 - 1
+
+MAX_EMBEDDING_DIM = 4096
+"""The largest ``embedding_dim``."""
+MAX_WIDTH = 65536
+"""The largest width of a hidden layer (``hidden``) and of the movie code (``side_units``)."""
+MAX_HIDDEN_LAYERS = 64
+"""The most hidden layers of the side branch."""
+MAX_BATCH = 2**24
+"""The largest ``batch_size``, ``eval_batch_size`` and ``user_chunk``."""
+MAX_EPOCHS = 1_000_000
+"""The largest ``epochs``, ``side_epochs``, ``bias_passes``, ``schedule_step``, patience."""
+MAX_THREADS = 4096
+"""The most torch threads."""
+
+# Whole-number fields and their [low, high] ranges.
+_INT_RANGES: dict[str, tuple[int, int]] = {
+    "embedding_dim": (1, MAX_EMBEDDING_DIM),
+    "side_units": (1, MAX_WIDTH),
+    "side_epochs": (1, MAX_EPOCHS),
+    "bias_passes": (1, MAX_EPOCHS),
+    "schedule_step": (1, MAX_EPOCHS),
+    "batch_size": (1, MAX_BATCH),
+    "user_chunk": (0, MAX_BATCH),
+    "epochs": (1, MAX_EPOCHS),
+    "early_stopping": (0, MAX_EPOCHS),
+    "eval_batch_size": (1, MAX_BATCH),
+    "seed": (0, _LARGEST_SEED),
+    "threads": (0, MAX_THREADS),
+}
 
 
 def _check_types(config: TrainConfig) -> None:
@@ -158,17 +184,182 @@ def _check_types(config: TrainConfig) -> None:
                 raise ConfigError(
                     f"{f.name} must be one of {list(_CHOICES[f.name])}; got {echoed(value)}"
                 )
-        elif f.name in ("hidden", "betas"):
-            kind = int if f.name == "hidden" else float
-            if not all(_is(item, kind) for item in value):
+        elif f.name == "hidden":
+            if not isinstance(value, tuple | list) or not all(_is(item, int) for item in value):
+                raise ConfigError(f"hidden must be a list of ints; got {echoed(value)}")
+        elif f.name == "betas":
+            pair = isinstance(value, tuple | list) and len(value) == 2
+            if not (pair and all(map(_is_finite, value))):
                 raise ConfigError(
-                    f"{f.name} must be a list of {kind.__name__}s; got {echoed(value)}"
+                    "betas must be a list of two finite numbers (Adam's beta1 and beta2); "
+                    f"got {echoed(value)}"
                 )
+        elif f.name == "extra":
+            _check_extra(value)
         elif f.type in _SCALARS and not _is(value, _SCALARS[f.type]):
+            if f.type == "float" and _is_number(value):
+                raise ConfigError(f"{f.name} must be a finite number; got {echoed(value)}")
             article = "an" if f.type == "int" else "a"
             raise ConfigError(f"{f.name} must be {article} {f.type}; got {echoed(value)}")
-    if not 0 <= config.seed <= _LARGEST_SEED:
-        raise ConfigError(f"seed must be in [0, {_LARGEST_SEED}]; got {echoed(config.seed)}")
+
+
+def _check_extra(value: object) -> None:
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(f"extra must be a JSON object; got {echoed(value)}")
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            "extra must hold only JSON values (text, numbers, true/false, null, lists, "
+            f"objects); got {echoed(value)}"
+        ) from None
+
+
+def _check_ranges(c: TrainConfig) -> None:
+    """Each number within what training can use (finiteness is checked with the types)."""
+    for name, (low, high) in _INT_RANGES.items():
+        value = getattr(c, name)
+        _check(low <= value <= high, f"{name} must be in [{low}, {high}]", value)
+    _check(
+        all(1 <= h <= MAX_WIDTH for h in c.hidden),
+        f"hidden widths must be in [1, {MAX_WIDTH}]",
+        c.hidden,
+    )
+    _check(
+        len(c.hidden) <= MAX_HIDDEN_LAYERS,
+        f"hidden must have at most {MAX_HIDDEN_LAYERS} layers",
+        len(c.hidden),
+    )
+    _check(0 <= c.dropout < 1, "dropout must be in [0, 1)", c.dropout)
+    _check(0 < c.init_scale <= 1, "init_scale must be > 0 and at most 1", c.init_scale)
+    _check(0 < c.lr <= 1e6, "lr must be > 0 and at most 1e6", c.lr)
+    _check(0 < c.side_lr <= 1e6, "side_lr must be > 0 and at most 1e6", c.side_lr)
+    _check(0 <= c.momentum < 1, "momentum must be in [0, 1)", c.momentum)
+    _check(all(0 <= b < 1 for b in c.betas), "betas must both be in [0, 1)", c.betas)
+    _check(0 < c.eps <= 1, "eps must be > 0 and at most 1", c.eps)
+    _check(0 < c.schedule_gamma <= 1, "schedule_gamma must be > 0 and at most 1", c.schedule_gamma)
+    penalties = ("l2", "l2_dense", "l2_implicit", "side_l2", "bias_reg_user", "bias_reg_movie")
+    for name in penalties:
+        _check(getattr(c, name) >= 0, f"{name} must be >= 0", getattr(c, name))
+    _check(0 <= c.l2_count_power <= 1, "l2_count_power must be in [0, 1]", c.l2_count_power)
+    _check(0 <= c.test_fraction < 1, "test_fraction must be in [0, 1)", c.test_fraction)
+    _check(0 <= c.valid_fraction < 1, "valid_fraction must be in [0, 1)", c.valid_fraction)
+
+
+def _check_consistent(c: TrainConfig) -> None:
+    """Fields that only make sense together."""
+    if c.side_input == "movie_ratings" and c.model != "residual":
+        raise ConfigError(
+            f"side_input 'movie_ratings' is for model 'residual' only; got model {c.model!r}",
+            hint="use model 'residual', or side_input 'embeddings' (mf, biases and "
+            "global-mean have no side branch; deep's is the MLP on the embeddings)",
+        )
+    if c.test_fraction + c.valid_fraction >= 1:
+        raise ConfigError(
+            "test_fraction + valid_fraction must be below 1; got "
+            f"{c.test_fraction} + {c.valid_fraction}"
+        )
+    if c.early_stopping and c.valid_fraction <= 0:
+        raise ConfigError(
+            "early_stopping needs a validation split: set valid_fraction > 0 "
+            "(early stopping never looks at the test split)"
+        )
+
+
+def _sgd(c: TrainConfig) -> bool:
+    return c.optimizer == "sgd"
+
+
+def _adam(c: TrainConfig) -> bool:
+    return c.optimizer == "adam"
+
+
+def _step_schedule(c: TrainConfig) -> bool:
+    return c.schedule == "step"
+
+
+def _ratings_side(c: TrainConfig) -> bool:
+    return c.model == "residual" and c.side_input == "movie_ratings"
+
+
+def _biases(c: TrainConfig) -> bool:
+    return c.model == "biases"
+
+
+def _factors(c: TrainConfig) -> bool:
+    return c.model in ("residual", "mf", "deep")
+
+
+def _implicit(c: TrainConfig) -> bool:
+    return c.implicit_feedback and _factors(c)
+
+
+def _mlp(c: TrainConfig) -> bool:
+    return c.model == "deep" or (c.model == "residual" and c.side_input == "embeddings")
+
+
+def _mlp_activation(c: TrainConfig) -> bool:
+    return c.model == "residual" and c.side_input == "embeddings"  # deep's is always relu
+
+
+# Field -> (what uses it, test of a config, the fields that decide it).
+_USED_WITH: dict[str, tuple[str, Callable[[TrainConfig], bool], tuple[str, ...]]] = {
+    "momentum": ("optimizer 'sgd'", _sgd, ("optimizer",)),
+    "betas": ("optimizer 'adam'", _adam, ("optimizer",)),
+    "eps": ("optimizer 'adam' or 'adagrad'", lambda c: not _sgd(c), ("optimizer",)),
+    "schedule_gamma": ("schedule 'step'", _step_schedule, ("schedule",)),
+    "schedule_step": ("schedule 'step'", _step_schedule, ("schedule",)),
+    **{
+        name: (
+            "model 'residual' with side_input 'movie_ratings'",
+            _ratings_side,
+            ("model", "side_input"),
+        )
+        for name in ("side_units", "side_l2", "side_lr", "side_epochs")
+    },
+    **{
+        name: ("model 'biases'", _biases, ("model",))
+        for name in ("bias_reg_user", "bias_reg_movie", "bias_passes")
+    },
+    **{
+        name: ("models 'residual', 'mf' and 'deep'", _factors, ("model",))
+        for name in ("embedding_dim", "init_scale", "implicit_feedback")
+    },
+    "l2_implicit": ("implicit_feedback true", _implicit, ("implicit_feedback", "model")),
+    **{
+        name: (
+            "model 'deep', or 'residual' with side_input 'embeddings'",
+            _mlp,
+            ("model", "side_input"),
+        )
+        for name in ("hidden", "dropout", "batch_norm")
+    },
+    "activation": (
+        "model 'residual' with side_input 'embeddings' (deep's is relu)",
+        _mlp_activation,
+        ("model", "side_input"),
+    ),
+}
+_WARNED: set[tuple[str, ...]] = set()
+
+
+def _warn_unused(old: TrainConfig, new: TrainConfig, changes: dict[str, Any]) -> None:
+    """Log a warning (once per combination) for each changed field that ``new`` does not use."""
+    for name, (where, used, deciding) in _USED_WITH.items():
+        if name not in changes or getattr(new, name) == getattr(old, name) or used(new):
+            continue
+        this = ", ".join(f"{d} {getattr(new, d)!r}" for d in deciding)
+        key = (name, this)
+        if key in _WARNED:
+            continue
+        _WARNED.add(key)
+        log.warning(
+            "%s %s has no effect: it is used with %s only, and this config has %s",
+            name,
+            echoed(getattr(new, name)),
+            where,
+            this,
+        )
 
 
 def _is(value: object, kind: type) -> bool:
@@ -178,13 +369,23 @@ def _is(value: object, kind: type) -> bool:
         return False
     if kind is int:
         return isinstance(value, int)
-    return isinstance(value, int | float) and math.isfinite(value)
+    return _is_finite(value)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_finite(value: object) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return _is_number(value)  # an int is finite, even one too large for a float
 
 
 def _coerce(changes: dict[str, Any]) -> dict[str, Any]:
     out = dict(changes)
     for key in ("hidden", "betas"):
-        if key in out and out[key] is not None:
+        if isinstance(out.get(key), list):
             out[key] = tuple(out[key])
     return out
 
@@ -245,7 +446,94 @@ def preset(name: str) -> TrainConfig:
     """The config of a named preset."""
     if name not in PRESETS:
         raise ConfigError(f"preset must be one of {sorted(PRESETS)}; got {echoed(name)}")
-    return TrainConfig().replace(**PRESETS[name])
+    return TrainConfig()._replaced(PRESETS[name])  # a preset warns of nothing unused
+
+
+_BYTES = 4  # float32
+
+
+def model_memory(config: TrainConfig, n_users: int, n_movies: int) -> dict[str, int]:
+    """Bytes that training needs for the model, by the fields that decide them.
+
+    Counted: the weights, the optimiser's state and one more copy (the best
+    epoch's weights, a checkpoint); not the ratings, batches or activations. The
+    keys name the fields, for example ``"embedding_dim 64 x (users + movies)"``.
+    """
+    c = config
+    if c.model == "global-mean":
+        return {}
+    if c.model == "biases":
+        return {"biases of users and movies": 4 * _BYTES * (n_users + n_movies)}
+    slots = {"sgd": 1 if c.momentum > 0 else 0, "adam": 2, "adagrad": 1}[c.optimizer]
+    copies = 2 + slots  # the weights, one more copy, the optimiser's state
+    rows = n_users + n_movies + (n_movies if c.implicit_feedback else 0)
+    implicit = " + implicit" if c.implicit_feedback else ""
+    parts = {
+        f"embedding_dim {c.embedding_dim} x (users + movies{implicit})": (
+            copies * _BYTES * rows * c.embedding_dim
+        )
+    }
+    if c.model != "deep":
+        parts["biases of users and movies"] = copies * _BYTES * (n_users + n_movies)
+    if c.model == "residual" and c.side_input == "movie_ratings":
+        # Encoder and decoder rows per user, trained by Adam (+ gradient); codes per movie.
+        weights = 2 * n_users * c.side_units
+        parts[f"side_units {c.side_units} x users"] = _BYTES * (
+            5 * weights + 2 * n_movies * c.side_units
+        )
+    elif c.model in ("residual", "deep"):
+        width, count = 2 * c.embedding_dim, 0
+        for size in (*c.hidden, 1):
+            count += width * size + size * (5 if c.batch_norm else 1)
+            width = size
+        parts[f"hidden {list(c.hidden)}"] = (copies + 1) * _BYTES * count  # + gradient
+    return parts
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (``MemAvailable``), else the machine's; None if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as lines:
+            for line in lines:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+    return total if total > 0 else None
+
+
+def check_model_memory(
+    config: TrainConfig, n_users: int, n_movies: int, *, available: int | None = None
+) -> int:
+    """Refuse a model whose training would need more memory than is available.
+
+    ``available`` defaults to :func:`available_memory`; when that is unknown,
+    nothing is refused. Returns the estimate of :func:`model_memory` in bytes.
+    """
+    parts = model_memory(config, n_users, n_movies)
+    total = sum(parts.values())
+    free = available_memory() if available is None else available
+    if free is None or total <= free:
+        return total
+    largest = max(parts, key=parts.__getitem__)
+    raise ConfigError(
+        f"the model needs about {_size(total)} of memory to train ({counted(n_users, 'user')}, "
+        f"{counted(n_movies, 'movie')}), more than the {_size(free)} available; "
+        f"{largest} takes {_size(parts[largest])}",
+        hint="lower embedding_dim, hidden or side_units, or use a machine with more memory",
+    )
+
+
+def _size(n_bytes: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n_bytes < 1000:
+            return f"{n_bytes:.3g} {unit}"
+        n_bytes /= 1000
+    return f"{n_bytes:,.0f} TB"
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -259,7 +547,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 def _read_text(path: str | Path) -> str:
     """The text of a config file; a clear error for a missing, binary or non-UTF-8 one."""
     from resrec.data.sniff import text_problem
+    from resrec.files import check_input_file
 
+    check_input_file(path, "a config file")
     try:
         raw = Path(path).read_bytes()
     except FileNotFoundError:

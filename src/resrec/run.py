@@ -33,7 +33,6 @@ import logging
 import os
 import platform
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,10 +47,12 @@ from resrec import __version__
 from resrec.config import TrainConfig
 from resrec.data.ratings import RatingScale
 from resrec.errors import ConfigError, ModelFileError
+from resrec.files import input_problem, make_staging_folder, output_problem
 from resrec.ids import IdMap
 from resrec.models.base import RatingModel, build_model
 from resrec.plots import plot_history
 from resrec.run_checks import (
+    DAMAGED_HINT,
     RunInfo,
     check_info,
     check_state,
@@ -79,11 +80,15 @@ def save_run(result: TrainResult, path: str | Path, *, overwrite: bool = False) 
     """Write ``result`` as a run directory at ``path``, atomically."""
     target = Path(path)
     check_run_target(target, overwrite=overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise storage_error(exc, target) from None
+    staging = make_staging_folder(target)
     try:
         _write_files(result, staging)
-        if target.exists():
+        if target.exists() or target.is_symlink():
+            check_run_target(target, overwrite=overwrite)
             shutil.rmtree(target)
         os.replace(staging, target)
     except BaseException:
@@ -203,13 +208,7 @@ def load_run(path: str | Path, *, verify: bool = True) -> Run:
     ``checksums.json`` first, so a truncated or altered file is refused.
     """
     run_dir = check_run_dir(path)
-    missing = [name for name in REQUIRED_FILES if not (run_dir / name).is_file()]
-    if missing:
-        raise ModelFileError(
-            f"{run_dir} is not a complete run: missing {', '.join(missing)}",
-            hint="a training that failed or was interrupted is left as NAME.partial "
-            "(continue it with 'resrec train --resume NAME')",
-        )
+    _check_run_files(run_dir)
     if verify:
         verify_run(run_dir)
 
@@ -232,16 +231,72 @@ def load_run(path: str | Path, *, verify: bool = True) -> Run:
 
 
 def check_run_dir(path: str | Path) -> Path:
-    """``path`` as a run directory; refuses a path that is missing or not a folder."""
+    """``path`` as a run directory: a readable folder that is not a comparison folder.
+
+    A path that is missing, not a readable folder, or a comparison folder is
+    a :class:`ModelFileError` that says which, with a hint. :func:`load_run`
+    then checks the run's files.
+    """
     run_dir = Path(path)
-    if run_dir.is_dir():
-        return run_dir
-    if run_dir.exists():
+    problem = input_problem(run_dir, "a run directory", folder=True)
+    if problem is not None:
+        if problem.missing:
+            raise ModelFileError(
+                f"run directory {run_dir} does not exist", hint=_missing_hint(run_dir)
+            )
+        raise ModelFileError(f"{run_dir} {problem.message}", hint=problem.hint or _GIVE_A_RUN)
+    if all((run_dir / name).is_file() for name in COMPARISON_OUTPUT.markers):
         raise ModelFileError(
-            f"{run_dir} is a file, not a run directory",
-            hint="give the folder that 'resrec train' wrote (it holds config.json)",
+            f"{run_dir} is a comparison folder written by 'resrec compare', not a run directory",
+            hint=_comparison_hint(run_dir),
         )
-    raise ModelFileError(f"run directory {run_dir} does not exist")
+    return run_dir
+
+
+def _check_run_files(run_dir: Path) -> None:
+    """Refuse an unfinished training, or a folder without every file a run needs."""
+    missing = [name for name in REQUIRED_FILES if not (run_dir / name).is_file()]
+    if not missing:
+        return
+    if run_dir.name.endswith(PARTIAL_SUFFIX) and "config.json" not in missing:
+        target = run_dir.with_name(run_dir.name[: -len(PARTIAL_SUFFIX)])
+        raise ModelFileError(
+            f"{run_dir} is an unfinished training, not a run directory",
+            hint=f"continue it with 'resrec train --resume {target}'",
+        )
+    if len(missing) == len(REQUIRED_FILES):
+        raise ModelFileError(
+            f"{run_dir} is not a run directory: it holds none of {', '.join(REQUIRED_FILES)}",
+            hint=_GIVE_A_RUN,
+        )
+    raise ModelFileError(
+        f"{run_dir} is not a complete run: missing {', '.join(missing)}",
+        hint=DAMAGED_HINT,
+    )
+
+
+_GIVE_A_RUN = "give the folder that 'resrec train' wrote (it holds config.json)"
+
+
+def _missing_hint(run_dir: Path) -> str:
+    staging = staging_path(run_dir)
+    if staging.is_dir():
+        return (
+            f"its training did not finish and is kept in {staging}: continue it with "
+            f"'resrec train --resume {run_dir}'"
+        )
+    return f"check the name; {_GIVE_A_RUN}"
+
+
+def _comparison_hint(folder: Path) -> str:
+    runs = folder / "runs"
+    saved = sorted(p for p in runs.glob("*") if (p / "config.json").is_file())
+    if saved:
+        return f"give one of the runs it saved, for example {saved[0]}"
+    return (
+        "it holds tables, not a model: give a run written by 'resrec train', or run "
+        "'resrec compare' with --save-runs to keep every run under OUT/runs"
+    )
 
 
 def _load_model(run_dir: Path, info: RunInfo) -> RatingModel:
@@ -250,7 +305,7 @@ def _load_model(run_dir: Path, info: RunInfo) -> RatingModel:
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
-        raise ModelFileError(f"{weights} cannot be loaded: {exc}") from None
+        raise ModelFileError(f"{weights} cannot be loaded: {exc}", hint=DAMAGED_HINT) from None
     model = build_model(info.config, info.n_users, info.n_movies, seed=0)
     check_state(model.state_dict(), state, weights, run_dir / "config.json")
     model.load_state_dict(state)
@@ -276,7 +331,9 @@ def verify_run(run_dir: Path) -> None:
     """Raise :class:`ModelFileError` if a file differs from ``checksums.json``."""
     listing = run_dir / "checksums.json"
     if not listing.is_file():
-        raise ModelFileError(f"{run_dir} has no checksums.json; cannot verify its files")
+        raise ModelFileError(
+            f"{run_dir} has no checksums.json; cannot verify its files", hint=DAMAGED_HINT
+        )
     try:
         expected = json.loads(listing.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -285,11 +342,13 @@ def verify_run(run_dir: Path) -> None:
             hint="retrain, or restore the run from a copy",
         ) from None
     if not isinstance(expected, dict):
-        raise ModelFileError(f"{listing} is damaged: it does not list files and checksums")
+        raise ModelFileError(
+            f"{listing} is damaged: it does not list files and checksums", hint=DAMAGED_HINT
+        )
     for name, digest in expected.items():
         file = run_dir / name
         if not file.is_file():
-            raise ModelFileError(f"{file} is missing")
+            raise ModelFileError(f"{file} is missing", hint=DAMAGED_HINT)
         if sha256_of(file) != digest:
             raise ModelFileError(
                 f"{file} does not match its recorded sha256: it was truncated or altered",
@@ -315,6 +374,8 @@ class OutputKind:
 
 
 RUN_OUTPUT = OutputKind("run", "run directory", ("config.json", "checksums.json"))
+COMPARISON_OUTPUT = OutputKind("comparison", "comparison folder", ("compare.json", "compare.csv"))
+OUTPUT_KINDS = (RUN_OUTPUT, COMPARISON_OUTPUT)
 
 
 def check_run_target(target: Path, *, overwrite: bool) -> None:
@@ -333,20 +394,21 @@ def check_output_folder(target: Path, *, overwrite: bool, kind: OutputKind) -> N
 
     The folder must not exist, unless ``overwrite`` is given and it is itself
     a folder of that kind (it holds every one of ``kind.markers``); the
-    working directory and the folders above it are never replaced.
+    working directory and the folders above it are never replaced. A
+    symbolic link or special file at ``target`` is refused, and so is a
+    ``target`` inside an existing run directory or comparison folder.
     """
     if target.name in ("", ".", "..") or target.resolve() == Path(target.anchor or "/").resolve():
         raise ConfigError(
             f"--out must name a new folder for the {kind.noun}; got {str(target)!r}",
             hint=f"for example --out runs/my-{kind.noun}",
         )
-    if not target.exists() and not target.is_symlink():
+    _check_not_inside_output(target, kind)
+    problem = output_problem(target, folder=True)
+    if problem is not None:
+        raise ConfigError(f"{target} {problem.message}", hint=problem.hint)
+    if not target.exists():
         return
-    if not target.is_dir():
-        raise ConfigError(
-            f"{target} exists and is not a folder; a {kind.noun} is a folder",
-            hint="choose another --out",
-        )
     if not overwrite:
         raise ConfigError(
             f"{kind.label} {target} already exists",
@@ -365,6 +427,19 @@ def check_output_folder(target: Path, *, overwrite: bool, kind: OutputKind) -> N
             f"(no {' and '.join(kind.markers)}), and --overwrite replaces only {kind.noun}s",
             hint="choose another --out, or move the folder away yourself",
         )
+
+
+def _check_not_inside_output(target: Path, kind: OutputKind) -> None:
+    """Refuse a ``target`` inside an existing run directory or comparison folder."""
+    written = Path(os.path.abspath(target)).parents
+    real = target.parent.resolve()
+    for folder in dict.fromkeys([*written, real, *real.parents]):
+        for other in OUTPUT_KINDS:
+            if all((folder / name).is_file() for name in other.markers):
+                raise ConfigError(
+                    f"--out {target} is inside the {other.label} {folder}",
+                    hint=f"write the {kind.noun} outside it, for example --out runs/my-{kind.noun}",
+                )
 
 
 @dataclass
@@ -396,6 +471,9 @@ class StagedRun:
         target = Path(out)
         check_run_target(target, overwrite=overwrite)
         staging = staging_path(target)
+        problem = output_problem(staging, folder=True)
+        if problem is not None:
+            raise ConfigError(f"{staging} {problem.message}", hint=problem.hint)
         if staging.exists():
             if not overwrite:
                 raise ConfigError(
@@ -446,10 +524,14 @@ class StagedRun:
         try:
             info = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise ModelFileError(f"{path} cannot be read: {exc}") from None
+            raise ModelFileError(f"{path} cannot be read: {exc}", hint=self._restart) from None
         if not isinstance(info, dict) or "config" not in info or "data" not in info:
-            raise ModelFileError(f"{path} is not the config of a resrec run")
+            raise ModelFileError(f"{path} is not the config of a resrec run", hint=self._restart)
         return info
+
+    @property
+    def _restart(self) -> str:
+        return f"start the training again with --out {self.target} --overwrite"
 
     def finish(self, result: TrainResult, *, overwrite: bool = False) -> Path:
         """Write the run's files and rename the staging directory to the target.
@@ -477,7 +559,7 @@ class StagedRun:
             self._remove_run_files()
             raise
 
-        if self.target.exists():
+        if self.target.exists() or self.target.is_symlink():
             check_run_target(self.target, overwrite=True)
             shutil.rmtree(self.target)
         os.replace(self.staging, self.target)

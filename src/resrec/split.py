@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from resrec.errors import ConfigError
+from resrec.errors import ConfigError, counted
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,12 @@ def split_ratings(
     The first ``round(test_fraction * n_rows)`` shuffled rows are the test
     split; ``valid_fraction`` is a fraction of *all* rows, taken next. The rest
     is the training split. The same arguments always give the same split.
+
+    Raises
+    ------
+    ConfigError
+        When a fraction is out of range, or a part is empty: the training
+        part always, the test or validation part when its fraction is above 0.
     """
     _check_fraction("test_fraction", test_fraction, allow_zero=True)
     _check_fraction("valid_fraction", valid_fraction, allow_zero=True)
@@ -50,11 +56,41 @@ def split_ratings(
     order = np.random.default_rng(seed).permutation(n_rows)
     n_test = round(test_fraction * n_rows)
     n_valid = round(valid_fraction * n_rows)
+    _check_sizes(n_rows, n_test, n_valid, test_fraction, valid_fraction)
 
     test = np.sort(order[:n_test])
     valid = np.sort(order[n_test : n_test + n_valid])
     train = np.sort(order[n_test + n_valid :])
     return Split(train=train, valid=valid, test=test)
+
+
+def _check_sizes(
+    n_rows: int, n_test: int, n_valid: int, test_fraction: float, valid_fraction: float
+) -> None:
+    """Refuse a split with an empty part that its fractions ask for."""
+    n_train = n_rows - n_test - n_valid
+    sizes = f"train {n_train:,}, validation {n_valid:,}, test {n_test:,}"
+    fractions = f"test_fraction {test_fraction:g} and valid_fraction {valid_fraction:g}"
+    for name, size, wanted in (
+        ("training", n_train, True),
+        ("test", n_test, test_fraction > 0),
+        ("validation", n_valid, valid_fraction > 0),
+    ):
+        if wanted and size == 0:
+            raise ConfigError(
+                f"the {name} split is empty: {counted(n_rows, 'rating')} with {fractions} "
+                f"give {sizes}",
+                hint=_EMPTY_HINTS[name],
+            )
+
+
+_EMPTY_HINTS = {
+    "training": "use more ratings or a smaller --test-fraction / --valid-fraction",
+    "test": "use more ratings or a larger --test-fraction (--test-fraction 0 trains "
+    "without a test split)",
+    "validation": "use more ratings or a larger --valid-fraction (--valid-fraction 0 "
+    "trains without a validation split)",
+}
 
 
 def _check_fraction(name: str, value: float, *, allow_zero: bool) -> None:

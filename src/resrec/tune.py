@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +25,8 @@ import numpy as np
 
 from resrec.config import TrainConfig, preset
 from resrec.data.ratings import Ratings
-from resrec.errors import ConfigError, DivergenceError
+from resrec.errors import ConfigError, DivergenceError, echoed
+from resrec.files import write_file_atomic
 from resrec.split import Split, split_ratings
 from resrec.workflow import Encoded, encode_ratings, fit
 
@@ -43,6 +45,10 @@ DEFAULT_SPACE: dict[str, tuple[str, tuple[Any, ...]]] = {
 
 # Written to the output file: the fields a run needs, not the machine's settings.
 _MACHINE_FIELDS = ("threads", "device")
+
+TUNE_VALID_FRACTION = 0.05
+"""``resrec tune``'s validation fraction where the preset and ``--config`` set none."""
+_LARGEST_SEED = 2**32 - 1
 
 
 @dataclass
@@ -81,7 +87,7 @@ def tune(
     trials, timeout
         Stop after this many trials, or once ``timeout`` seconds have passed.
     seed
-        Seed of Optuna's sampler.
+        Seed of Optuna's sampler, in [0, 2**32 - 1].
     space
         Config field -> search range (see :data:`DEFAULT_SPACE`).
     out
@@ -89,12 +95,15 @@ def tune(
     on_trial
         Called with each finished trial's summary.
     """
+    check_sampler_options(seed, timeout)
     optuna = _import_optuna()
     base = config or preset("accurate")
     if base.valid_fraction <= 0:
         raise ConfigError(
-            "tune needs a validation split: set valid_fraction > 0 "
-            "(trials are scored on validation, never on test)"
+            "tune needs a validation split: trials are scored on validation, never on test; "
+            f"got valid_fraction {base.valid_fraction}",
+            hint=f"give resrec tune --valid-fraction above 0 (e.g. {TUNE_VALID_FRACTION}), "
+            "or valid_fraction in the config",
         )
     space = space or DEFAULT_SPACE
     _check_space(space)
@@ -160,6 +169,18 @@ def tune(
     return result
 
 
+def check_sampler_options(seed: int, timeout: float | None) -> None:
+    """Refuse a sampler seed outside [0, 2**32 - 1] or a timeout that is not a finite time."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= _LARGEST_SEED:
+        raise ConfigError(f"--seed must be in [0, {_LARGEST_SEED}]; got {echoed(seed)}")
+    if timeout is not None and not (
+        isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0
+    ):
+        raise ConfigError(
+            f"--timeout must be a finite number of seconds above 0; got {echoed(timeout)}"
+        )
+
+
 def validation_only_split(n_rows: int, config: TrainConfig) -> Split:
     """The config's split with its test rows removed: trials cannot score the test split."""
     full = split_ratings(
@@ -183,7 +204,7 @@ def write_best(result: TuneResult, path: Path, encoded: Encoded) -> Path:
         "seconds": round(result.seconds, 1),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=2) + "\n")
+    write_file_atomic(path, (json.dumps(document, indent=2) + "\n").encode())
     log.info("wrote the best config to %s", path)
     return path
 

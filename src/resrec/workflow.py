@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from resrec.config import TrainConfig
+from resrec.config import TrainConfig, check_model_memory
 from resrec.data.ratings import Ratings, RatingScale
 from resrec.errors import ConfigError
 from resrec.ids import IdMap, encode
@@ -32,7 +32,14 @@ from resrec.split import Split, cold_counts, split_ratings
 from resrec.train.checkpoint import Checkpointer, restore
 from resrec.train.distributed import GradientSync, Process, check_replicas
 from resrec.train.fused import predict_offsets
-from resrec.train.trainer import EpochCallback, Examples, ProgressCallback, Trainer, set_threads
+from resrec.train.trainer import (
+    EpochCallback,
+    Examples,
+    ProgressCallback,
+    Trainer,
+    early_stop,
+    set_threads,
+)
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +169,9 @@ def fit(
         :mod:`resrec.train.distributed`); every rank calls ``fit`` alike.
 
     Dropout draws from torch's global generator, which this seeds with
-    ``config.seed + rank``.
+    ``config.seed + rank``. A resumed training's ``train_seconds`` counts the
+    time before the interruption too (kept in the checkpoint), as
+    ``train_seconds_before_resume`` tells.
     """
     threads = set_threads(config.threads or _auto_threads(config, process))
     encoded = ratings if isinstance(ratings, Encoded) else encode_ratings(ratings)
@@ -180,6 +189,7 @@ def fit(
     mu = float(train.ratings.to(dtype=torch.float64).mean())
     rank = 0 if process is None else process.rank
     torch.manual_seed(config.seed + rank)  # dropout draws from torch's global generator
+    check_model_memory(config, len(encoded.user_map), len(encoded.movie_map))
     model = build_model(config, len(encoded.user_map), len(encoded.movie_map), seed=config.seed)
     model.set_rated(encoded.users[split.train], encoded.movies[split.train])  # N(u), if used
     eval_sets = {"valid": encoded.examples(split.valid), "test": encoded.examples(split.test)}
@@ -197,23 +207,29 @@ def fit(
     report = on_epoch  # the side stage reports its epochs but writes no checkpoints
     if checkpointer is not None:
         checkpointer.preflight(trainer)
-        on_epoch = _with_checkpoints(trainer, checkpointer, on_epoch)
-
+    before = trainer.seconds  # training time of the epochs before a resume
     started = time.perf_counter()
+
+    def clock() -> float:
+        return before + time.perf_counter() - started
+
+    if checkpointer is not None:
+        on_epoch = _with_checkpoints(trainer, checkpointer, on_epoch, clock)
     if isinstance(model, DirectFitModel):
         # A resumed baseline was fitted before its checkpoint: nothing left to do.
         history = trainer.history if trainer.epoch else _fit_direct(model, trainer, on_epoch)
     else:
         history = trainer.fit(on_epoch=on_epoch, progress=progress)
     side_stage = _train_side_stage(trainer, resume, report)
-    seconds = time.perf_counter() - started
+    trainer.seconds = clock()
     check_replicas(model, process)
 
-    metrics: dict[str, Any] = {"train_seconds": seconds, "threads": threads}
+    metrics: dict[str, Any] = {"train_seconds": trainer.seconds, "threads": threads}
     if process is not None:
         metrics["processes"] = process.world_size
     if resumed_from is not None:
         metrics["resumed_from_epoch"] = resumed_from
+        metrics["train_seconds_before_resume"] = before
     metrics["epochs_run"] = trainer.epoch
     metrics["best_epoch"] = trainer.best_epoch
     if side_stage is not None:
@@ -330,12 +346,15 @@ _FIXED_ON_RESUME = (
 )
 
 
-def _resume(
-    trainer: Trainer, config: TrainConfig, checkpoint: dict[str, Any] | None, rank: int
-) -> int | None:
-    """Load ``checkpoint`` into ``trainer``; return the epoch it continues from."""
-    if checkpoint is None:
-        return None
+def check_resume(checkpoint: dict[str, Any], config: TrainConfig) -> None:
+    """Refuse a ``config`` that cannot continue ``checkpoint`` into a consistent run.
+
+    Fields that decide the split or the model cannot change; ``epochs`` cannot
+    fall below the epochs already trained; a changed ``early_stopping`` must
+    not have stopped the training before its last epoch, and turning it on
+    needs the last epoch to be the best so far (the best epoch's weights were
+    not kept without it).
+    """
     saved = TrainConfig.from_dict(checkpoint["config"])
     changed = [k for k in _FIXED_ON_RESUME if getattr(saved, k) != getattr(config, k)]
     if changed:
@@ -344,15 +363,65 @@ def _resume(
             "and the model",
             hint="resume without changing them, or start a new run",
         )
+    state = checkpoint["trainer"]
+    trained, history = int(state["epoch"]), state["history"]
+    if config.epochs < trained:
+        raise ConfigError(
+            f"epochs {config.epochs} is below the {trained} epochs the checkpoint has "
+            "already trained",
+            hint=f"resume with --epochs {trained} or more, or without --epochs to train "
+            f"to the run's {saved.epochs}",
+        )
+    patience = config.early_stopping
+    if patience == saved.early_stopping or patience == 0:
+        return
+    stop, best = early_stop(history, patience)
+    if stop is not None and stop < trained:
+        raise ConfigError(
+            f"early_stopping {patience} would have stopped the training after epoch {stop}, "
+            f"but the checkpoint has already trained {trained} epochs",
+            hint=f"resume with --early-stopping {_longest_wait(history) + 1} or more, or "
+            f"without --early-stopping (the run's is {saved.early_stopping})",
+        )
+    if saved.early_stopping == 0 and best != trained:
+        raise ConfigError(
+            f"cannot turn on early stopping when resuming after epoch {trained}: the best "
+            f"epoch so far is {best}, and its weights were not kept",
+            hint="resume without --early-stopping, or start a new run with it",
+        )
+
+
+def _longest_wait(history: list[dict[str, float]]) -> int:
+    """The most epochs without a validation gain before the last epoch of ``history``."""
+    longest = 0
+    for n, row in enumerate(history[:-1], start=1):
+        _, best = early_stop(history[:n], 0)
+        longest = max(longest, int(row["epoch"]) - best)
+    return longest
+
+
+def _resume(
+    trainer: Trainer, config: TrainConfig, checkpoint: dict[str, Any] | None, rank: int
+) -> int | None:
+    """Load ``checkpoint`` into ``trainer``; return the epoch it continues from."""
+    if checkpoint is None:
+        return None
+    check_resume(checkpoint, config)
     restore(trainer, checkpoint, rank=rank)
+    if config.early_stopping != checkpoint["config"].get("early_stopping", 0):
+        trainer.adopt_patience()
     log.info("resuming after epoch %d", trainer.epoch)
     return trainer.epoch
 
 
 def _with_checkpoints(
-    trainer: Trainer, checkpointer: Checkpointer, on_epoch: EpochCallback | None
+    trainer: Trainer,
+    checkpointer: Checkpointer,
+    on_epoch: EpochCallback | None,
+    clock: Callable[[], float],
 ) -> EpochCallback:
     def after_epoch(record: dict[str, float]) -> None:
+        trainer.seconds = clock()
         checkpointer.save(trainer)
         if on_epoch is not None:
             on_epoch(record)

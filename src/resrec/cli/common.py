@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from resrec.data.ratings import Ratings, RatingScale
 from resrec.errors import ConfigError, counted
+from resrec.files import check_input_file, check_output_file, check_writable_folder
+
+__all__ = [
+    "DUPLICATES_HELP",
+    "RatingsOptions",
+    "check_output_file",
+    "check_writable_folder",
+    "describe_counts",
+    "load_ratings_from_options",
+]
 
 DUPLICATES_HELP = (
     "A (user, movie) pair rated twice: 'error' stops; 'last' keeps the later line; 'mean' "
@@ -36,6 +45,8 @@ def load_ratings_from_options(options: RatingsOptions) -> Ratings:
     if (options.ratings is None) == (options.dataset is None):
         raise ConfigError("give exactly one of --ratings PATH or --dataset NAME")
     path = options.ratings
+    if path is not None:
+        check_input_file(path, "a ratings file")
     if options.dataset is not None:
         folder = download(options.dataset, progress=True)
         path = release_ratings_path(folder, options.dataset)
@@ -57,38 +68,3 @@ def describe_counts(table: Ratings) -> str:
         f"{counted(len(table), 'rating')} of {counted(table.n_users, 'user')} "
         f"and {counted(table.n_movies, 'movie')}"
     )
-
-
-def check_output_file(target: Path, *, overwrite: bool, what: str) -> None:
-    """Refuse an ``--out`` file that exists (unless ``overwrite``) or is a folder.
-
-    Its folder must exist and take a new file, so that a command finds out
-    before its work, not after it, that it cannot write the result.
-    """
-    if target.is_dir():
-        raise ConfigError(f"--out {target} is a folder; expected a file name for the {what}")
-    if (target.exists() or target.is_symlink()) and not overwrite:
-        raise ConfigError(
-            f"--out {target} already exists", hint="choose another --out or pass --overwrite"
-        )
-    check_writable_folder(target, what)
-
-
-def check_writable_folder(target: Path, what: str) -> None:
-    """Refuse a ``--out`` file whose folder is missing or does not take a new file."""
-    folder = target.parent
-    if not folder.is_dir():
-        state = "is not a folder" if folder.exists() else "does not exist"
-        raise ConfigError(
-            f"--out {target}: its folder {folder} {state}; expected an existing folder "
-            f"for the {what}",
-            hint="create the folder first, or choose another --out",
-        )
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise ConfigError(
-            f"--out {target}: cannot write a file in {folder} ({exc.strerror or exc})",
-            hint="choose a folder you can write to",
-        ) from None

@@ -133,14 +133,29 @@ def tune_command(
     seed: Annotated[int, Opt(help="Seed of the sampler.")] = 0,
     epochs: Epochs = None,
     threads: Threads = None,
+    valid_fraction: Annotated[
+        float | None,
+        Opt(
+            help="Share of ratings carved from train for validation, which trials are "
+            "scored on (default: the preset's, or 0.05 where it has none)."
+        ),
+    ] = None,
     out: Annotated[Path, Opt(help="JSON file for the best config.")] = Path("best-config.json"),
     overwrite: Annotated[bool, Opt(help="Replace an existing file at --out.")] = False,
 ) -> None:
     """Search hyperparameters on validation RMSE (needs Optuna) and write the best config."""
-    from resrec.tune import tune
+    from resrec.tune import TUNE_VALID_FRACTION, check_sampler_options, tune
 
-    overrides: dict[str, Any] = {"model": model, "epochs": epochs, "threads": threads}
+    check_sampler_options(seed, timeout)
+    overrides: dict[str, Any] = {
+        "model": model,
+        "epochs": epochs,
+        "threads": threads,
+        "valid_fraction": valid_fraction,
+    }
     config = resolve_config(preset_name, config_file, overrides)
+    if valid_fraction is None and config.valid_fraction == 0:
+        config = config.replace(valid_fraction=TUNE_VALID_FRACTION)
     check_output_file(out, overwrite=overwrite, what="best config")
     table = _read(ratings, dataset, layout, sep, header, columns, scale, duplicates)
 

@@ -19,6 +19,7 @@ import typer
 from resrec.cli.app import app
 from resrec.cli.common import check_output_file
 from resrec.errors import ConfigError, counted
+from resrec.files import check_input_file
 from resrec.inference import (
     Explanation,
     Movie,
@@ -61,6 +62,8 @@ def _load(run: Path, movies: Path | None) -> Recommender:
     # One torch thread: these commands run small operations, which a second thread slows
     # down (by 30x and more when other programs share the cores), as resrec serve does.
     torch.set_num_threads(1)
+    if movies is not None:
+        check_input_file(movies, "a movies file")  # before the run is loaded
     return Recommender.load(run, movies_path=movies)
 
 
@@ -206,7 +209,8 @@ def score(
     unknown id without --fallback) is left out of the output and listed with
     its line number.
     """
-    if out.exists() and pairs.exists() and out.resolve() == pairs.resolve():
+    check_input_file(pairs, "a CSV file of user_id,movie_id pairs")
+    if out.exists() and out.resolve() == pairs.resolve():
         raise ConfigError(
             f"--out {out} is the --pairs file itself; it would be overwritten",
             hint="write the predictions to another file",

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 from tqdm import tqdm
 
@@ -29,14 +30,14 @@ from resrec.cli.common import (
     load_ratings_from_options,
 )
 from resrec.config import PRESETS, TrainConfig, load_config_file, preset
-from resrec.data.ratings import Ratings
+from resrec.data.ratings import Ratings, RatingScale
 from resrec.errors import ConfigError, DivergenceError, ResrecError, counted
 from resrec.run import StagedRun, run_info
 from resrec.train import distributed
 from resrec.train.checkpoint import Checkpointer, load_checkpoint
 from resrec.train.distributed import Process
 from resrec.train.trainer import ProgressCallback
-from resrec.workflow import data_info, fit
+from resrec.workflow import check_resume, data_info, fit
 
 log = logging.getLogger("resrec.cli")
 
@@ -51,7 +52,9 @@ def train(
         str | None, Opt("--dataset", help="A MovieLens release to download and use, e.g. ml-20m.")
     ] = None,
     layout: Annotated[str, Opt(help="File layout, or 'auto' to detect it.")] = "auto",
-    sep: Annotated[str | None, Opt(help="Field separator of a 'delimited' file.")] = None,
+    sep: Annotated[
+        str | None, Opt(help="Field separator of a 'delimited' file; '\\t' or 'tab' for a tab.")
+    ] = None,
     header: Annotated[
         bool | None, Opt("--header/--no-header", help="Whether the file starts with a header.")
     ] = None,
@@ -160,6 +163,13 @@ def train(
         if resume is not None:
             if out is not None:
                 raise ConfigError("give either --resume NAME or --out NAME, not both")
+            if overwrite:
+                raise ConfigError(
+                    "--resume continues an unfinished run and --overwrite discards it: "
+                    "give one of them, not both",
+                    hint=f"leave out --overwrite to continue {resume}, or leave out --resume "
+                    "and give --out NAME --overwrite to start again",
+                )
             given = _Given(
                 preset=preset_name if _given(ctx, "preset_name") else None,
                 config_file=config_file,
@@ -244,10 +254,19 @@ def _resume_job(
         if given.config_file is not None:
             config = config.replace(**load_config_file(given.config_file))
         config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
-        checkpoint = load_checkpoint(staged.checkpoint) if staged.has_checkpoint() else None
+        if not staged.has_checkpoint():
+            raise ConfigError(
+                f"{staged.staging} has no checkpoint ({staged.checkpoint.name}): no epoch "
+                "was saved, so there is nothing to resume",
+                hint=f"start the training again with its options and --out {staged.target} "
+                "--overwrite",
+            )
+        checkpoint = load_checkpoint(staged.checkpoint)
+        check_resume(checkpoint, config)  # before reading the ratings
+        saved_options = _options_from(data["read_options"])
         return _Job(
             config=config,
-            options=_resumed_options(_options_from(data["read_options"]), options, given.reading),
+            options=_resumed_options(saved_options, options, given.reading, data),
             preset=saved_preset,
             target=staged.target,
             staging=staged.staging,
@@ -279,24 +298,87 @@ def _check_same_preset(given: str | None, saved: str, target: Path) -> None:
 
 
 def _resumed_options(
-    saved: RatingsOptions, options: RatingsOptions, given: set[str]
+    saved: RatingsOptions, options: RatingsOptions, given: set[str], data: dict[str, Any]
 ) -> RatingsOptions:
     """The saved reading options, with the file moved if --ratings or --dataset is given.
 
     Reading options decide the ratings, and so the split: one given with
-    ``--resume`` must equal the saved one.
+    ``--resume`` must have the saved one's effect. ``--layout`` and ``--scale``
+    are compared after resolution (``data`` records the layout that ``auto``
+    chose and the scale used); ``--sep``, ``--header`` and ``--columns``, when
+    the run left them to be guessed, are accepted if reading the file with
+    them gives the same ratings.
     """
+    moved = saved
+    if options.ratings is not None or options.dataset is not None:
+        moved = _absolute(
+            dataclasses.replace(saved, ratings=options.ratings, dataset=options.dataset)
+        )
+    guessed: dict[str, Any] = {}
     for name in _READING_OPTIONS:
         value, before = getattr(options, name), getattr(saved, name)
-        if name in given and value != before:
-            raise ConfigError(
-                f"{_option_text(name, value)} differs from the run's "
-                f"{_option_text(name, before)}: --resume reads the ratings as the run did",
-                hint="leave it out to continue the run, or start a new one",
-            )
-    if options.ratings is None and options.dataset is None:
-        return saved
-    return _absolute(dataclasses.replace(saved, ratings=options.ratings, dataset=options.dataset))
+        if name not in given or _same_reading(name, value, before, data):
+            continue
+        if name in _GUESSED and before is None:
+            guessed[name] = value
+            continue
+        raise _differs(name, value, before, data)
+    if guessed:
+        _check_same_ratings(moved, guessed, data)
+    return moved
+
+
+_GUESSED = ("sep", "header", "columns")  # reading options left to guessing when not given
+
+
+def _same_reading(name: str, value: Any, before: Any, data: dict[str, Any]) -> bool:
+    """Whether reading option ``name`` given as ``value`` has the saved ``before``'s effect."""
+    if value == before:
+        return True
+    if name == "layout":
+        return before == "auto" and value == data.get("layout")
+    if name == "scale" and value is not None and isinstance(data.get("scale"), dict):
+        try:
+            return RatingScale.parse(value) == RatingScale(**data["scale"])
+        except (ResrecError, TypeError):
+            return False
+    return False
+
+
+def _check_same_ratings(
+    saved: RatingsOptions, guessed: dict[str, Any], data: dict[str, Any]
+) -> None:
+    """Refuse guessed reading options whose values read the file differently than the run did."""
+    first = load_ratings_from_options(saved)
+    try:
+        again = load_ratings_from_options(dataclasses.replace(saved, **guessed))
+    except ResrecError:
+        again = None
+    if again is None or not _same_table(first, again):
+        name = next(iter(guessed))
+        raise _differs(name, guessed[name], None, data)
+
+
+def _same_table(a: Ratings, b: Ratings) -> bool:
+    if (a.scale, len(a)) != (b.scale, len(b)):
+        return False
+    columns = [(a.user_id, b.user_id), (a.movie_id, b.movie_id), (a.rating, b.rating)]
+    if (a.timestamp is None) != (b.timestamp is None):
+        return False
+    if a.timestamp is not None and b.timestamp is not None:
+        columns.append((a.timestamp, b.timestamp))
+    return all(np.array_equal(x, y) for x, y in columns)
+
+
+def _differs(name: str, value: Any, before: Any, data: dict[str, Any]) -> ConfigError:
+    resolved = ""
+    if name == "layout" and before == "auto" and data.get("layout"):
+        resolved = f" (which read it as {data['layout']})"
+    return ConfigError(
+        f"{_option_text(name, value)} differs from the run's "
+        f"{_option_text(name, before)}{resolved}: --resume reads the ratings as the run did",
+        hint="leave it out to continue the run, or start a new one",
+    )
 
 
 def _option_text(name: str, value: object) -> str:

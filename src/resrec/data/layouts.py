@@ -19,6 +19,12 @@ from resrec.errors import DataError, quoted, shorten
 _ML_HEADER = ("userId", "movieId", "rating", "timestamp")
 _TUTORIAL_HEADER = ("userId", "movieId", "rating", "movie_idx")
 _UDATA_NAME = re.compile(r"u\.data|u[1-5]\.(base|test)|u[ab]\.(base|test)")
+_HEADER_LAYOUT_NAMES = {
+    "ratings.csv": "movielens-csv",
+    "rating.csv": "kaggle-csv",
+    "edited_rating.csv": "tutorial-csv",
+}
+"""File names that MovieLens (or the tutorial) gives to files of a header-carrying layout."""
 _ML10M_FOLDER = re.compile(r"ml-?10m(100k)?")
 
 _FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -89,6 +95,8 @@ def _detect(path: Path, lines: list[str]) -> str:
         names = names[1:]
     if sorted(names) == sorted(_normalise(n) for n in _TUTORIAL_HEADER):
         return "tutorial-csv"
+    if name in _HEADER_LAYOUT_NAMES and _looks_like_data(lines[0]):
+        return _HEADER_LAYOUT_NAMES[name]  # whose planning refuses the missing header
     return "delimited"
 
 
@@ -102,12 +110,17 @@ def _plan(path: Path, lines: list[str], options: dict[str, object]) -> _Spec:
     layout = str(options["layout"])
     notes: tuple[str, ...] = ()
     if layout == "auto":
-        generic = any(options[k] is not None for k in ("sep", "header", "columns"))
-        layout = "delimited" if generic else _detect(path, lines)
-        notes = (f"layout {layout!r} detected from the file name and first line",)
+        given = [k for k in ("sep", "header", "columns") if options[k] is not None]
+        layout = "delimited" if given else _detect(path, lines)
+        how = (
+            f"{' and '.join(given)} given"
+            if given
+            else "detected from the file name and first line"
+        )
+        notes = (f"layout {layout!r} {how}",)
 
     if layout in ("movielens-csv", "kaggle-csv", "tutorial-csv"):
-        spec = _plan_header_csv(path, layout, lines[0])
+        spec = _plan_header_csv(path, layout, lines[0], detected=bool(notes))
     elif layout == "dat":
         spec = _plan_dat(path, lines[0])
     elif layout == "udata":
@@ -121,18 +134,21 @@ def _plan(path: Path, lines: list[str], options: dict[str, object]) -> _Spec:
     return replace(spec, notes=notes + spec.notes)
 
 
-def _plan_header_csv(path: Path, layout: str, first: str) -> _Spec:
+def _plan_header_csv(path: Path, layout: str, first: str, *, detected: bool) -> _Spec:
     expected = _TUTORIAL_HEADER if layout == "tutorial-csv" else _ML_HEADER
     fields = _split(first, ",", quoting=True, strict=False)
     shown = ",".join(expected)
-    if all(_FLOAT.fullmatch(f.strip(_BLANKS)) for f in fields):
+    if _looks_like_data(first):
+        why = f" (detected from the file name {path.name!r})" if detected else ""
         raise DataError(
-            f"expected the header {shown}, found a line of numbers {quoted(first)}",
+            f"missing header: expected the header {shown} of layout {layout!r}{why}, found "
+            f"a line of numbers {quoted(first)}",
             path=path,
             line=1,
             column=1,
-            hint="if the file has no header, pass layout='delimited' with header=False "
-            "and columns=... (--header/--columns on the command line)",
+            hint="if the file has no header, pass layout='delimited' with header=False, and "
+            "columns=... unless its fields are user_id,movie_id,rating[,timestamp] "
+            "(--no-header and --columns on the command line)",
         )
 
     known = {_normalise(n): n for n in expected}
@@ -202,7 +218,7 @@ def _plan_delimited(path: Path, lines: list[str], options: dict[str, object]) ->
     notes: list[str] = []
     sep = options["sep"]
     if not isinstance(sep, str):
-        sep = next((s for s in ("::", "\t", ",", ";", "|", " ") if s in lines[0]), None)
+        sep = _guess_sep(lines[0])
         if sep is None:
             raise DataError(
                 "cannot tell the field separator from the first line",
@@ -211,6 +227,21 @@ def _plan_delimited(path: Path, lines: list[str], options: dict[str, object]) ->
                 hint="pass sep=... (--sep on the command line)",
             )
         notes.append(f"field separator {sep!r} guessed from the first line")
+    elif sep not in lines[0]:
+        found = _guess_sep(lines[0])
+        hint = "pass the text that separates the fields (--sep on the command line)"
+        if found is not None:
+            typed = "tab" if found == "\t" else repr(found)
+            hint = (
+                f"the line holds {found!r}: pass sep={found!r} (--sep {typed} on the command line)"
+            )
+        raise DataError(
+            f"the separator {sep!r} does not occur in the first line {quoted(lines[0])}",
+            path=path,
+            line=1,
+            column=1,
+            hint=hint,
+        )
     quoting = len(sep) == 1
     fields = _split(lines[0], sep, quoting=quoting, strict=False)
     columns = options["columns"]
@@ -225,6 +256,8 @@ def _plan_delimited(path: Path, lines: list[str], options: dict[str, object]) ->
         header = looks_like_header
         if header:
             notes.append("first line read as a header: none of its fields is a number")
+        else:
+            notes.append("no header: the first line holds data")
     elif header and all(_FLOAT.fullmatch(f.strip(_BLANKS)) for f in fields):
         raise DataError(
             f"header=True, but the first line is a line of numbers {quoted(lines[0])}",
@@ -286,6 +319,20 @@ def _roles_from_count(path: Path, fields: list[str]) -> tuple[str, ...]:
 
 def _roles(n_fields: int) -> tuple[str, ...]:
     return ("user_id", "movie_id", "rating", "timestamp")[:n_fields]
+
+
+def _guess_sep(line: str) -> str | None:
+    """The first of the usual separators that ``line`` holds, if any."""
+    return next((s for s in ("::", "\t", ",", ";", "|", " ") if s in line), None)
+
+
+def _looks_like_data(line: str) -> bool:
+    """Whether ``line`` reads as a ratings row: no field is a word, dates aside.
+
+    The fields are split on the separator :func:`_guess_sep` finds.
+    """
+    fields = _split(line, _guess_sep(line) or ",", quoting=True, strict=False)
+    return not any(_is_word(f) and not _DATE.fullmatch(f.strip(_BLANKS)) for f in fields)
 
 
 def _normalise(name: str) -> str:

@@ -22,12 +22,13 @@ from resrec.data.layouts import _BLANKS, _DATE, _FLOAT, _MISSING, _is_word, _Spe
 from resrec.data.ratings import RatingScale
 from resrec.errors import ECHO_LIMIT, DataError, quoted, shorten
 
-_INT = re.compile(r"-?[0-9]+")
+_INT = re.compile(r"[+-]?[0-9]+")
 _INT64_MAX = np.iinfo(np.int64).max
 _INT64_DIGITS = len(str(_INT64_MAX))
 _TOO_LARGE = f"too large for a 64-bit integer (at most {_INT64_MAX})"
 
 _SAMPLE_LINES = 2000  # lines the swapped-columns check looks at
+_SWAPPED_SHARE = 0.5  # of the sampled ratings off the scale, for columns to look swapped
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,8 @@ class _LineChecker:
         if _INT.fullmatch(text):
             if text.startswith("-") and text.strip("-0"):
                 self.fail(field, f"negative {field.role} {{text}}; expected {{expected}}")
-            if len(text.lstrip("0")) > _INT64_DIGITS or int(text) > _INT64_MAX:
+            digits = text.lstrip("+-").lstrip("0")
+            if len(digits) > _INT64_DIGITS or int(text) > _INT64_MAX:
                 self.fail(field, f"{field.role} {{text}} is out of range: {_TOO_LARGE}")
             return int(text)
 
@@ -228,9 +230,10 @@ def _epoch_seconds(text: str) -> int | None:
 def _swapped_columns(checker: _LineChecker) -> DataError | None:
     """An error saying the columns look swapped, if the first lines suggest it.
 
-    They do when at least 90% of the values in the rating field (and at
+    They do when at least half of the values in the rating field (and at
     least three) are off the scale while every value of another field (a
-    user_id, movie_id or timestamp by the layout) is on it.
+    user_id, movie_id or timestamp by the layout) is on it. Half, not most:
+    in a small file, many ids are small enough to be ratings.
     """
     spec, scale = checker.spec, checker.scale
     rows = checker.sample()
@@ -246,7 +249,7 @@ def _swapped_columns(checker: _LineChecker) -> DataError | None:
 
     ratings = numbers(rating_column)
     off_scale = [(line_no, text) for line_no, text, v in ratings if not _on_scale(v, scale)]
-    if len(ratings) < 3 or len(off_scale) < 0.9 * len(ratings):
+    if len(off_scale) < max(3, _SWAPPED_SHARE * len(ratings)):
         return None
 
     candidates = []
@@ -265,8 +268,8 @@ def _swapped_columns(checker: _LineChecker) -> DataError | None:
     roles[rating_column], roles[fits] = roles[fits], roles[rating_column]
     line_no, text = off_scale[0]
     return DataError(
-        f"rating {shorten(text)} is off the scale ({scale.describe()}), like most values in "
-        "this field, "
+        f"rating {shorten(text)} is off the scale ({scale.describe()}), like "
+        f"{len(off_scale)} of the first {len(ratings)} values in this field, "
         f"while field {fits + 1} ({shorten(spec.names[fits])}) holds only values on it: "
         "the columns look swapped",
         path=checker.path,
@@ -275,7 +278,8 @@ def _swapped_columns(checker: _LineChecker) -> DataError | None:
         column_name=spec.names[rating_column],
         hint=f"name each field's role with columns=..., for example columns={','.join(roles)} "
         f"(--columns {','.join(roles)} on the command line); check which field holds the "
-        "user_id and which the movie_id",
+        "user_id and which the movie_id. If the columns are right and the ratings use another "
+        "scale, pass scale='LOW:HIGH:STEP' (--scale)",
     )
 
 

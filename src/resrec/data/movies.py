@@ -30,6 +30,7 @@ import numpy as np
 
 from resrec.data.sniff import GZIP_MAGIC, check_text, gunzip
 from resrec.errors import DataError, UnknownIdError, quoted, shorten
+from resrec.files import check_input_file
 
 logger = logging.getLogger(__name__)
 
@@ -157,14 +158,13 @@ def read_movies(path: str | Path) -> Movies:
     Raises
     ------
     DataError
-        The file is missing or malformed: a wrong number of fields, a
-        movie_id that is not a whole number >= 0 or is listed twice, an empty
-        title, or a u.item genre flag other than 0 or 1.
+        The file is missing, not a readable regular file, or malformed: a
+        wrong number of fields, a movie_id that is not a whole number >= 0 or
+        is listed twice, an empty title, or a u.item genre flag other than 0
+        or 1.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("no such file", path=path)
-    raw = path.read_bytes()
+    path = check_input_file(path, "a movies file")
+    raw = _read_bytes(path)
     if raw[:2] == GZIP_MAGIC:
         raw = gunzip(raw, path)
     check_text(raw, path, start=3 if raw.startswith(b"\xef\xbb\xbf") else 0)
@@ -179,6 +179,13 @@ def read_movies(path: str | Path) -> Movies:
     if name.endswith(".dat") or (name not in _CSV_NAMES and "::" in text.split("\n", 1)[0]):
         return _read_dat(path, text)
     return _read_csv(path, text)
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot be read ({exc.strerror or exc})", path=path) from None
 
 
 def find_movies_file(ratings_path: str | Path) -> Path | None:
@@ -356,7 +363,7 @@ def _item_genres(item_path: Path) -> tuple[str, ...]:
     genre_path = item_path.parent / "u.genre"
     if not genre_path.is_file():
         return ML100K_GENRES
-    raw = genre_path.read_bytes()
+    raw = _read_bytes(check_input_file(genre_path, "a genre list (u.genre)"))
     check_text(raw, genre_path, accepted="plain text")
     pairs = []
     for number, line in enumerate(raw.decode("latin-1").splitlines(), start=1):

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Literal, get_args
 
 from resrec.data.ratings import RatingScale
-from resrec.errors import ConfigError
+from resrec.errors import ConfigError, shorten
 
 Layout = Literal["auto", "movielens-csv", "kaggle-csv", "tutorial-csv", "dat", "udata", "delimited"]
 Role = Literal["user_id", "movie_id", "rating", "timestamp", "-"]
@@ -20,7 +20,7 @@ LAYOUTS: tuple[str, ...] = get_args(Layout)
 ROLES: tuple[str, ...] = get_args(Role)
 DUPLICATES: tuple[str, ...] = get_args(Duplicates)
 
-READER_VERSION = 2
+READER_VERSION = 3
 """Part of every cache key; bump it when the reader's output changes."""
 
 
@@ -44,10 +44,8 @@ def _check_options(
             f"sep, header and columns describe a 'delimited' file; layout {layout!r} fixes them",
             hint="leave layout as 'auto' or pass layout='delimited'",
         )
-    if sep is not None and (not sep or any(c in sep for c in '\r\n"')):
-        raise ConfigError(
-            f"sep must be one or more characters other than quotes and line breaks; got {sep!r}"
-        )
+    if sep is not None:
+        sep = _check_sep(sep)
 
     roles = None if columns is None else _check_columns(columns)
     if isinstance(scale, str):
@@ -61,6 +59,22 @@ def _check_options(
         "scale": None if scale is None else scale.to_dict(),
         "duplicates": duplicates,
     }
+
+
+def _check_sep(sep: str) -> str:
+    """The separator as the file holds it: ``\\t`` and ``tab`` stand for a tab."""
+    if sep == "\\t" or sep.lower() == "tab":
+        return "\t"
+    if "\\" in sep:
+        raise ConfigError(
+            f"sep '{shorten(sep)}' holds a backslash; the only escape understood is \\t (a tab)",
+            hint="pass the separator itself, or '\\t' or 'tab' for a tab",
+        )
+    if not sep or any(c in sep for c in '\r\n"'):
+        raise ConfigError(
+            f"sep must be one or more characters other than quotes and line breaks; got {sep!r}"
+        )
+    return sep
 
 
 def _check_columns(columns: Sequence[str] | str) -> list[str]:

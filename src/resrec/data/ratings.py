@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from resrec.errors import ConfigError
+from resrec.errors import ConfigError, echoed, quoted
 
 
 @dataclass(frozen=True)
 class RatingScale:
-    """The allowed rating values: ``low``, ``low + step``, ... ``high``."""
+    """The allowed rating values: ``low``, ``low + step``, ... ``high``.
+
+    Checked when made: finite numbers, ``low < high``, ``step > 0``, and a whole
+    number of steps from ``low`` to ``high``, at most :data:`MAX_SCALE_STEPS`.
+    """
 
     low: float
     high: float
     step: float
 
     def __post_init__(self) -> None:
-        if not (self.step > 0 and self.high > self.low):
-            raise ConfigError(f"rating scale needs low < high and step > 0; got {self}")
-        n_steps = (self.high - self.low) / self.step
-        if abs(n_steps - round(n_steps)) > 1e-9:
-            raise ConfigError(f"rating scale: (high - low) is not a multiple of step in {self}")
+        problem = _scale_problem(self.low, self.high, self.step)
+        if problem is not None:
+            raise ConfigError(
+                "rating scale needs low < high and step > 0, finite, with a whole number of "
+                f"steps from low to high (at most {MAX_SCALE_STEPS:,}); got "
+                f"{':'.join(echoed(v) for v in (self.low, self.high, self.step))} "
+                f"({problem})"
+            )
 
     @classmethod
     def parse(cls, text: str) -> RatingScale:
@@ -30,13 +38,21 @@ class RatingScale:
         named = {"half-stars": HALF_STARS, "whole-stars": WHOLE_STARS}
         if text in named:
             return named[text]
+        hint = (
+            f"give LOW:HIGH:STEP with finite LOW < HIGH and STEP > 0 that divides HIGH - LOW "
+            f"into at most {MAX_SCALE_STEPS:,} steps (e.g. 0.5:5:0.5), or one of {sorted(named)}"
+        )
         try:
             low, high, step = (float(p) for p in text.split(":"))
         except ValueError:
             raise ConfigError(
-                f"rating scale must be LOW:HIGH:STEP (e.g. 0.5:5:0.5) or one of "
-                f"{sorted(named)}; got {text!r}"
+                f"--scale must be LOW:HIGH:STEP (e.g. 0.5:5:0.5) or one of "
+                f"{sorted(named)}; got {quoted(text)}",
+                hint=hint,
             ) from None
+        problem = _scale_problem(low, high, step)
+        if problem is not None:
+            raise ConfigError(f"--scale {quoted(text)}: {problem}", hint=hint)
         return cls(low, high, step)
 
     def on_scale(self, values: np.ndarray) -> np.ndarray:
@@ -51,6 +67,35 @@ class RatingScale:
 
     def to_dict(self) -> dict[str, float]:
         return {"low": self.low, "high": self.high, "step": self.step}
+
+
+MAX_SCALE_STEPS = 1000
+"""The most steps from the lowest rating of a scale to its highest."""
+
+
+def _scale_problem(low: float, high: float, step: float) -> str | None:
+    """What is wrong with the scale ``low:high:step``, or None."""
+    if not all(_finite(v) for v in (low, high, step)):
+        return "LOW, HIGH and STEP must be finite numbers"
+    if not high > low:
+        return "LOW must be below HIGH"
+    if not step > 0:
+        return "STEP must be above 0"
+    n_steps = (high - low) / step
+    if not n_steps <= MAX_SCALE_STEPS:  # also catches an overflow to inf
+        return f"HIGH - LOW is {n_steps:.3g} steps; at most {MAX_SCALE_STEPS:,} are allowed"
+    if abs(n_steps - round(n_steps)) > 1e-9:
+        return "HIGH - LOW must be a whole number of steps"
+    return None
+
+
+def _finite(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 HALF_STARS = RatingScale(0.5, 5.0, 0.5)

@@ -2,7 +2,11 @@
 
 :func:`read_ratings` turns a ratings file into a validated :class:`Ratings`
 table. It knows these layouts (``layout="auto"`` picks one from the file's
-name and first lines; naming one forces it):
+name and first lines; naming one forces it). A file named like one of the
+header-carrying layouts (``ratings.csv``, ``rating.csv``,
+``edited_rating.csv``, optionally ``.gz``) whose first line holds data is
+refused as missing its header; a file of another name without header is
+read as ``delimited``:
 
 ``movielens-csv``
     ``ratings.csv`` of ML-20M, ML-25M, ml-latest and ml-latest-small: header
@@ -19,14 +23,14 @@ name and first lines; naming one forces it):
     ML-1M and ML-10M ``ratings.dat``: ``user::movie::rating[::timestamp]``,
     no header. Whole stars when a folder on the path is named ``ml-1m``, half
     stars when one is named like ``ml-10m`` or ``ml-10M100K``, otherwise
-    inferred from the data.
+    inferred from the data (see ``scale`` of :func:`read_ratings`).
 ``udata``
     ML-100K ``u.data`` and its ``u1.base``/``ua.test``-style splits: tab
     separated ``user item rating timestamp``, no header, whole stars.
 ``delimited``
     Any other delimited file, described by ``sep``, ``header`` and
     ``columns``; what is not given is guessed from the first line and
-    recorded in ``Ratings.notes``.
+    recorded in ``Ratings.notes`` and logged.
 
 Files may be gzip-compressed (recognised by their first bytes, whatever
 their name), start with a UTF-8 byte order mark, and end lines with LF, CRLF
@@ -46,7 +50,11 @@ ids that are not whole numbers >= 0 or do not fit 64 bits (however many
 digits they have), ratings off the scale or between its steps, negative
 timestamps and unreadable dates, a header where the layout has none and the
 reverse, header names, and columns that look swapped (ids where the ratings
-should be). Once every line passes, a (user_id, movie_id)
+should be). Spaces and tabs around a number are ignored and a leading ``+``
+is allowed, in every field and on both paths below; ids and timestamps are
+decimal digits (no decimal point, exponent, ``_``, ``0x`` or non-ASCII
+digits), ratings decimal numbers (``4``, ``4.0``, ``.5``). Date-times take no
+blanks around them. Once every line passes, a (user_id, movie_id)
 pair rated on two lines is reported at the first repeat, naming both lines.
 A message repeats at most 40 characters of a bad value, followed by its
 length.
@@ -98,13 +106,15 @@ from resrec.data.options import Duplicates, Layout, _check_options
 from resrec.data.options import Role as Role
 from resrec.data.ratings import HALF_STARS, WHOLE_STARS, Ratings, RatingScale
 from resrec.data.sniff import GZIP_MAGIC, check_text, gunzip
-from resrec.errors import DataError
+from resrec.errors import DataError, counted
+from resrec.files import check_input_file
 
 logger = logging.getLogger(__name__)
 
 _PIECE_BYTES = 1 << 20  # the slow pass reads the file in pieces of about this size
 _ARROW_BLOCK_BYTES = 1 << 22
 _HEAD_BYTES = 1 << 20  # how much of the file layout detection looks at
+_HALF_STAR_SHARE = 0.05  # of the ratings, for a half-star scale to be inferred
 
 
 # --------------------------------------------------------------------------- public
@@ -134,9 +144,11 @@ def read_ratings(
         module docstring). ``"auto"`` becomes ``"delimited"`` when ``sep``,
         ``header`` or ``columns`` is given.
     sep : str, optional
-        For ``"delimited"``: the field separator (one or more characters).
-        Guessed from the first line when omitted (``::``, tab, ``,``, ``;``,
-        ``|`` or a space, in that order).
+        For ``"delimited"``: the field separator (one or more characters;
+        ``"\\t"`` and ``"tab"`` stand for a tab, any other backslash is
+        refused). It must occur in the first line. Guessed from the first
+        line when omitted (``::``, tab, ``,``, ``;``, ``|`` or a space, in
+        that order).
     header : bool, optional
         For ``"delimited"``: whether the first line names the columns. When
         omitted, the first line is a header only if every field that
@@ -153,9 +165,10 @@ def read_ratings(
     scale : RatingScale or str, optional
         The allowed ratings, overriding the layout's. Without it, the
         ``"dat"`` layout outside an ``ml-1m``/``ml-10m`` folder and the
-        ``"delimited"`` layout infer it: whole stars (1 to 5) when every rating
-        is a whole number from 1 to 5, else half stars (0.5 to 5); the choice is
-        recorded in ``Ratings.notes``.
+        ``"delimited"`` layout infer it: half stars (0.5 to 5) when at least
+        5% of the ratings are half stars, else whole stars (1 to 5), and then
+        a half star is refused as off the scale, naming its line. The choice
+        is recorded in ``Ratings.notes`` and logged.
     duplicates : {"error", "last", "mean"}
         What to do when a (user_id, movie_id) pair is rated on more than one
         line. ``"error"`` raises, naming both lines. ``"last"`` keeps the
@@ -189,16 +202,14 @@ def read_ratings(
     started = time.perf_counter()
     path = Path(path)
     options = _check_options(layout, sep, header, columns, scale, duplicates)
-    if not path.exists():
-        raise DataError("no such file", path=path)
-    if path.is_dir():
-        raise DataError("is a folder, not a ratings file", path=path)
+    check_input_file(path, "a ratings file")
 
     key = parse_cache.CacheKey.for_file(path, options) if cache else None
     if key is not None:
         cached = parse_cache.load(key, str(path), cache_dir)
         if cached is not None:
             logger.info("loaded %d ratings of %s from the parse cache", len(cached), path)
+            _log_notes(path, cached)
             return cached
 
     ratings = _parse_file(path, options)
@@ -209,7 +220,14 @@ def read_ratings(
     logger.info(
         "read %d ratings from %s (%s) in %.2f s", len(ratings), path, ratings.layout, elapsed
     )
+    _log_notes(path, ratings)
     return ratings
+
+
+def _log_notes(path: Path, ratings: Ratings) -> None:
+    """Log how the file was read where that was guessed: layout, header, columns, scale."""
+    if ratings.notes:
+        logger.info("%s: %s", path.name, "; ".join(ratings.notes))
 
 
 def detect_layout(path: str | Path) -> str:
@@ -218,7 +236,7 @@ def detect_layout(path: str | Path) -> str:
     Returns one of ``"movielens-csv"``, ``"kaggle-csv"``, ``"tutorial-csv"``,
     ``"dat"``, ``"udata"`` or ``"delimited"``. Reads only the first MiB.
     """
-    path = Path(path)
+    path = check_input_file(path, "a ratings file")
     with open(path, "rb") as file:
         start = file.read(_HEAD_BYTES)
     if start[:2] == GZIP_MAGIC:
@@ -403,7 +421,7 @@ def _parse_file(path: Path, options: dict[str, object]) -> Ratings:
         columns = _parse_slow(body, spec, check_scale, checker)
 
     notes = list(spec.notes)
-    scale = spec.scale or _infer_scale(columns["rating"], notes)
+    scale = spec.scale or _infer_scale(columns["rating"], notes, checker, body.first_line)
     policy = str(options["duplicates"])
     columns = _resolve_duplicates(columns, policy, scale, checker, body.first_line, notes)
     timestamp = columns.get("timestamp")
@@ -562,8 +580,39 @@ def _all_on_scale(rating: np.ndarray, scale: RatingScale) -> bool:
     return True
 
 
-def _infer_scale(rating: np.ndarray, notes: list[str]) -> RatingScale:
-    whole = bool(np.all(rating == np.rint(rating)) and rating.min() >= 1 and rating.max() <= 5)
-    scale = WHOLE_STARS if whole else HALF_STARS
-    notes.append(f"rating scale inferred from the data: {scale.describe()}")
-    return scale
+def _infer_scale(
+    rating: np.ndarray, notes: list[str], checker: _LineChecker, first_line: int
+) -> RatingScale:
+    """Whole stars, unless at least ``_HALF_STAR_SHARE`` of the ratings are half stars.
+
+    Every rating is already on the half-star scale. A whole-star file with a
+    few half stars in it (a 3.5 in an ML-1M-style file) is refused at the
+    first of them, as off the inferred scale.
+    """
+    halves = rating != np.rint(rating)  # on the half-star scale, so 0.5, 1.5 ... 4.5
+    n_halves = int(np.count_nonzero(halves))
+    share = n_halves / rating.size
+    if n_halves == 0:
+        notes.append(
+            f"rating scale inferred from the data: {WHOLE_STARS.describe()} (no half stars)"
+        )
+        return WHOLE_STARS
+    if share >= _HALF_STAR_SHARE:
+        found = f"{counted(n_halves, 'half star')} among {counted(rating.size, 'rating')}"
+        notes.append(f"rating scale inferred from the data: {HALF_STARS.describe()} ({found})")
+        return HALF_STARS
+
+    row = int(np.flatnonzero(halves)[0])
+    column = checker.spec.index("rating")
+    raise DataError(
+        f"rating {float(rating[row]):g} is off the scale; expected a rating from "
+        f"{WHOLE_STARS.describe()}, the scale inferred from the data",
+        path=checker.path,
+        line=first_line + row,
+        column=column + 1,
+        column_name=checker.spec.names[column],
+        hint=f"only {counted(n_halves, 'rating')} of {rating.size:,} ({share:.1%}) "
+        f"{'is a half star' if n_halves == 1 else 'are half stars'}, and half stars are "
+        f"inferred when at least {_HALF_STAR_SHARE:.0%} are. If the file uses half stars, "
+        "pass scale='0.5:5:0.5' (--scale 0.5:5:0.5 on the command line)",
+    )

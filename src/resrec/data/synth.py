@@ -57,7 +57,8 @@ from pathlib import Path
 import numpy as np
 
 from resrec.data.ratings import HALF_STARS, Ratings, RatingScale
-from resrec.errors import ConfigError, counted
+from resrec.errors import ConfigError, counted, echoed
+from resrec.files import output_problem
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +183,8 @@ def synthesize(
         Table size; the defaults are ML-20M's. Every user has at least
         ``min_user_ratings`` ratings and every movie at least one.
     seed : int
-        Seed of every random choice; the same seed gives the same table.
+        Seed of every random choice, in [0, 2**32 - 1]; the same seed gives
+        the same table.
     scale : RatingScale
         The rating scale; the planted effects are stretched to its width.
     rank : int
@@ -201,8 +203,9 @@ def synthesize(
     Raises
     ------
     ConfigError
-        For sizes that cannot be met (for example fewer ratings than users
-        times ``min_user_ratings``).
+        For arguments out of range (a negative seed, a non-finite noise), sizes
+        that cannot be met (for example fewer ratings than users times
+        ``min_user_ratings``) or a table too large for the memory available.
     """
     ratings, _ = synthesize_with_truth(
         n_users,
@@ -229,7 +232,7 @@ def synthesize_with_truth(
     noise: float = DEFAULT_NOISE,
 ) -> tuple[Ratings, PlantedModel]:
     """:func:`synthesize`, also returning the planted parameters (for tests and benchmarks)."""
-    _check_sizes(n_users, n_movies, n_ratings, rank, min_user_ratings, noise)
+    _check_arguments(n_users, n_movies, n_ratings, seed, rank, min_user_ratings, noise)
     started = time.perf_counter()
     rngs = _random_streams(seed)
 
@@ -298,10 +301,10 @@ def write_synthetic_csv(
     Raises
     ------
     ConfigError
-        For sizes that cannot be met, an existing file without ``overwrite``,
-        or a target that cannot be written.
+        For the arguments :func:`synthesize` refuses, an existing file without
+        ``overwrite``, or a target that cannot be written.
     """
-    _check_sizes(n_users, n_movies, n_ratings, rank, min_user_ratings, noise)
+    _check_arguments(n_users, n_movies, n_ratings, seed, rank, min_user_ratings, noise)
     ratings_path, movies_path = _output_paths(Path(path), overwrite=overwrite)
     created = _make_folder(ratings_path.parent)
     temporaries = [_temporary(ratings_path), _temporary(movies_path)]
@@ -342,6 +345,9 @@ def _output_paths(path: Path, *, overwrite: bool) -> tuple[Path, Path]:
     if folder is not None and not folder.is_dir():
         raise ConfigError(f"{folder} exists and is not a folder", hint="choose another --out")
     for target in (ratings_path, movies_path):
+        problem = output_problem(target, what="synthetic ratings")
+        if problem is not None:
+            raise ConfigError(f"{target} {problem.message}", hint=problem.hint)
         if target.is_dir():
             raise ConfigError(f"{target} is a folder", hint="choose another --out")
         if target.exists() and not overwrite:
@@ -391,14 +397,52 @@ def _random_streams(seed: int) -> dict[str, np.random.Generator]:
 # --- sizes and activity ---------------------------------------------------------------
 
 
-def _check_sizes(
-    n_users: int, n_movies: int, n_ratings: int, rank: int, min_user_ratings: int, noise: float
+LARGEST_SEED = 2**32 - 1
+"""The largest seed (numpy's seeds, like training's, are in [0, 2**32 - 1])."""
+MAX_ROWS = 2**31 - 1
+"""The most users or movies: their indices are int32."""
+MAX_RANK = 1024
+"""The largest dimension of the planted factors."""
+_BYTES_PER_RATING = 48  # peak memory per rating while synthesizing and writing (measured: ~41)
+
+
+def _check_arguments(
+    n_users: int,
+    n_movies: int,
+    n_ratings: int,
+    seed: int,
+    rank: int,
+    min_user_ratings: int,
+    noise: float,
 ) -> None:
+    """Refuse arguments that are out of range or cannot be met, before any work."""
+    counts = {
+        "n_users": n_users,
+        "n_movies": n_movies,
+        "n_ratings": n_ratings,
+        "seed": seed,
+        "rank": rank,
+        "min_user_ratings": min_user_ratings,
+    }
+    for name, value in counts.items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{name} must be a whole number; got {echoed(value)}")
+    if not 0 <= seed <= LARGEST_SEED:
+        raise ConfigError(f"seed must be in [0, {LARGEST_SEED}]; got {echoed(seed)}")
     if n_users < 1 or n_movies < 1 or rank < 1 or min_user_ratings < 1:
         raise ConfigError(
             "n_users, n_movies, rank and min_user_ratings must be at least 1; got "
             f"{n_users}, {n_movies}, {rank}, {min_user_ratings}"
         )
+    for name, value, most in (
+        ("n_users", n_users, MAX_ROWS),
+        ("n_movies", n_movies, MAX_ROWS),
+        ("rank", rank, MAX_RANK),
+    ):
+        if value > most:
+            raise ConfigError(f"{name} must be at most {most:,}; got {echoed(value)}")
+    if isinstance(noise, bool) or not isinstance(noise, int | float) or not math.isfinite(noise):
+        raise ConfigError(f"noise must be a finite number; got {echoed(noise)}")
     if noise < 0:
         raise ConfigError(f"noise must be >= 0; got {noise}")
     if min_user_ratings > n_movies:
@@ -412,6 +456,22 @@ def _check_sizes(
             f"n_ratings must lie between {least:,} (every user rates {min_user_ratings} "
             f"movies and every movie is rated) and {most:,} (every user rates every movie); "
             f"got {n_ratings:,}"
+        )
+    _check_memory(n_users, n_movies, n_ratings, rank)
+
+
+def _check_memory(n_users: int, n_movies: int, n_ratings: int, rank: int) -> None:
+    """Refuse a table that would not fit in the memory available now."""
+    from resrec.config import available_memory
+
+    needed = _BYTES_PER_RATING * n_ratings + 16 * (rank + 4) * (n_users + n_movies)
+    free = available_memory()
+    if free is not None and needed > free:
+        raise ConfigError(
+            f"{counted(n_ratings, 'rating')} of {counted(n_users, 'user')} and "
+            f"{counted(n_movies, 'movie')} need about {needed / 1e9:,.1f} GB of memory to "
+            f"make; {free / 1e9:,.1f} GB is available",
+            hint="ask for fewer ratings (--ratings), users or movies",
         )
 
 

@@ -48,14 +48,14 @@ def _explain(rec: Recommender, user_id: int, movie_id: int, fallback: bool) -> P
         notes.append(f"movie_id {movie_id} is not known")
 
     if user is not None and movie is not None:
-        terms = _user_terms(rec, rec.P[user], float(rec.BU[user]), torch.tensor([movie]))
+        terms = _PairTerms(rec, rec.P[user], float(rec.BU[user])).movie(movie)
         estimate: Estimate = "model"
         note = None
     else:
         terms = _fallback_terms(rec, user, movie)
         estimate = "fallback"
         note = "; ".join(notes) + f": {_fallback_name(rec, user, movie)}"
-    explanation = _explanation(rec, {k: float(v[0]) for k, v in terms.items()})
+    explanation = _explanation(rec, terms)
     return Prediction(
         user_id=int(user_id),
         movie=rec.movie(movie_id),
@@ -82,10 +82,50 @@ def _explanation(rec: Recommender, terms: Mapping[str, float]) -> Explanation:
     )
 
 
-def _user_terms(rec: Recommender, p: Tensor, bias: float, movies: Tensor) -> dict[str, np.ndarray]:
-    """float32 terms (minus mu) of one user embedding ``p`` and bias for movie indices.
+class _PairTerms:
+    """The terms (minus mu) of one user with one movie at a time: the predictions shown.
 
-    The exact scores: explanations, and the rescoring that settles a top-N.
+    Predict, explain and the items of a top-N all take their numbers from
+    here. A batched product (:func:`_user_terms`, the all-movies pass) may
+    round the last float32 digits differently for different numbers of
+    movies; scored one pair at a time in the same shapes, a (user, movie)
+    pair gets the same value wherever it appears. ``p=None`` is the bias
+    estimate of an unknown user (no dot product, no side branch).
+    """
+
+    def __init__(self, rec: Recommender, p: Tensor | None, bias: float) -> None:
+        self.Q = rec.Q
+        self.BM = rec.BM.numpy()
+        self.user_bias = float(np.float32(bias))
+        self.k = k = rec.main_dim
+        wide = p is not None and k < p.shape[0]  # the movie_ratings side branch's columns
+        self.main = p[:k] if p is not None and rec.has_biases else None
+        self.extra = p[k:] if p is not None and wide else None
+        self.side = rec.side if p is not None and not wide else None
+        self.user_part = self.side.user_part(p) if self.side is not None and p is not None else None
+
+    def movie(self, index: int) -> dict[str, float]:
+        """The terms for one movie index."""
+        return self.terms(self.Q[index], float(self.BM[index]))
+
+    def terms(self, q: Tensor, movie_bias: float) -> dict[str, float]:
+        """The terms for a movie embedding ``q`` (a row of ``Q``, or the mean movie)."""
+        dot = side = 0.0
+        k = self.k
+        if self.main is not None:
+            dot = float(torch.dot(self.main, q[:k]))
+        if self.extra is not None:
+            side = float(torch.dot(self.extra, q[k:]))
+        elif self.side is not None and self.user_part is not None:
+            side = self.side.one_pair(self.user_part, q)
+        return {"user_bias": self.user_bias, "movie_bias": movie_bias, "dot": dot, "side": side}
+
+
+def _user_terms(rec: Recommender, p: Tensor, bias: float, movies: Tensor) -> dict[str, np.ndarray]:
+    """float32 terms (minus mu) of one user embedding ``p`` and bias for many movie indices.
+
+    Exact up to float32 rounding, which may differ in the last digits from
+    :class:`_PairTerms`: it ranks the candidates of a top-N and fits fold-in.
     """
     with torch.inference_mode():
         n = movies.shape[0]
@@ -116,22 +156,22 @@ def _fallback_name(rec: Recommender, user: int | None, movie: int | None) -> str
     return "bias estimate mu + user bias"
 
 
-def _fallback_terms(rec: Recommender, user: int | None, movie: int | None) -> dict[str, np.ndarray]:
-    """Terms for a pair where the user, the movie or both are unknown."""
-    zero = np.zeros(1, dtype=np.float32)
+def _fallback_terms(rec: Recommender, user: int | None, movie: int | None) -> dict[str, float]:
+    """Terms for a pair where the user, the movie or both are unknown.
+
+    With biases: the bias estimate. Without: the mean trained user or movie
+    embedding stands in, scored as :meth:`Recommender.recommend` scores it.
+    """
     if rec.has_biases:
         return {
-            "user_bias": rec.BU[[user]].numpy() if user is not None else zero,
-            "movie_bias": rec.BM[[movie]].numpy() if movie is not None else zero,
-            "dot": zero,
-            "side": zero,
+            "user_bias": float(rec.BU[user]) if user is not None else 0.0,
+            "movie_bias": float(rec.BM[movie]) if movie is not None else 0.0,
+            "dot": 0.0,
+            "side": 0.0,
         }
-    p = rec.P[[user]] if user is not None else rec._prior_mean[None]
-    q = rec.Q[[movie]] if movie is not None else rec._mean_movie[None]
-    assert rec.side is not None
-    with torch.inference_mode():
-        side = rec.side.pairs(p, q).numpy()
-    return {"user_bias": zero, "movie_bias": zero, "dot": zero, "side": side}
+    p = rec.P[user] if user is not None else rec._prior_mean
+    pair = _PairTerms(rec, p, float(rec.BU[user]) if user is not None else 0.0)
+    return pair.movie(movie) if movie is not None else pair.terms(rec._mean_movie, 0.0)
 
 
 def _fallback_many(
@@ -147,14 +187,11 @@ def _fallback_many(
         values = [
             _explanation(
                 rec,
-                {
-                    k: float(v[0])
-                    for k, v in _fallback_terms(
-                        rec,
-                        int(users[r]) if user_ok[r] else None,
-                        int(movies[r]) if movie_ok[r] else None,
-                    ).items()
-                },
+                _fallback_terms(
+                    rec,
+                    int(users[r]) if user_ok[r] else None,
+                    int(movies[r]) if movie_ok[r] else None,
+                ),
             ).prediction
             for r in np.flatnonzero(rows)
         ]
@@ -188,11 +225,21 @@ def _similar(rec: Recommender, movie_id: int, n: int) -> SimilarMovies:
             hint="similar movies need a movie with training ratings",
         )
     with torch.inference_mode():
-        q = rec.Q[index, : rec.main_dim]
-        cosine = (rec._unit_q @ (q / q.norm().clamp_min(1e-12))).numpy()
+        cosine = (rec._unit_q @ _unit_rows(rec.Q[index, : rec.main_dim])).clamp_(-1, 1).numpy()
     pool = rec._trained_movie_index.numpy()
     keep = pool != index
     pool, cosine = pool[keep], cosine[keep]
     order = np.lexsort((pool, -cosine))[:n]
     items = [SimilarMovie(rec._movie_of_index(int(pool[i])), float(cosine[i])) for i in order]
     return SimilarMovies(rec.movie(movie_id), items)
+
+
+def _unit_rows(vectors: Tensor) -> Tensor:
+    """``vectors`` scaled to length 1 in float64 (a zero row stays zero), for cosines.
+
+    float64 keeps the squares of large values from overflowing, which would
+    make every cosine 0.
+    """
+    with torch.no_grad():
+        wide = vectors.double()
+        return wide / wide.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)

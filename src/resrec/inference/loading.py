@@ -1,6 +1,7 @@
 """Loading a run for inference: the model check, the widened factor tables and movie metadata.
 
-:func:`check_inference_model` refuses models without embeddings;
+:func:`check_inference_model` refuses models without embeddings and
+:func:`check_weight_sizes` those with absurd values;
 :func:`_factor_tables` copies a model's tables to float32, with a movie_ratings
 side branch's tables as extra factor columns; :func:`_load_movies` finds the
 movies file of a run and :func:`warn_if_foreign_movies` checks that it fits.
@@ -46,6 +47,41 @@ def check_inference_model(model: RatingModel, name: str) -> None:
         "explain, similar and serve need a residual, mf or deep run: train one with "
         "'resrec train --model residual' (or mf, deep)"
     )
+
+
+MAX_WEIGHT = 1e4
+"""The largest magnitude a served model's tensor may hold.
+
+Trained embeddings, biases and layer weights stay near 1 (a few units at
+most); anything beyond this is a damaged or edited file. Under it, every
+term of a prediction (a dot product of at most tens of thousands of factors,
+a hidden layer, an output layer) stays far inside float32's range, so no
+prediction or cosine can overflow to infinity or lose all precision.
+"""
+
+
+def check_weight_sizes(model: RatingModel, source: str) -> None:
+    """Refuse a model holding a NaN, infinite or absurdly large value, naming the tensor.
+
+    ``source`` names the weights file (or ``<memory>``); the limit is :data:`MAX_WEIGHT`.
+    """
+    from resrec.run_checks import DAMAGED_HINT
+
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if not tensor.is_floating_point() or tensor.numel() == 0:
+                continue
+            largest = float(tensor.detach().abs().max())
+            if math.isnan(largest) or math.isinf(largest):
+                problem = "NaN or infinite values"
+            elif largest > MAX_WEIGHT:
+                problem = (
+                    f"a value of magnitude {largest:.3g}, over the limit of {MAX_WEIGHT:,.0f} "
+                    "(trained weights stay near 1), so its predictions would be meaningless"
+                )
+            else:
+                continue
+            raise ModelFileError(f"{source}: tensor {name} holds {problem}", hint=DAMAGED_HINT)
 
 
 def _factor_tables(

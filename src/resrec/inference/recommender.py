@@ -30,6 +30,7 @@ from resrec.inference.explain import (
     _fallback_many,
     _fallback_name,
     _similar,
+    _unit_rows,
 )
 from resrec.inference.foldin import _fold_in, _predict_folded, parse_rated
 from resrec.inference.loading import (
@@ -39,6 +40,7 @@ from resrec.inference.loading import (
     _metadata_rows,
     _noise_variance,
     check_inference_model,
+    check_weight_sizes,
     warn_if_foreign_movies,
 )
 from resrec.inference.pairs import PairScorer
@@ -100,6 +102,10 @@ class Recommender:
         Python threads that share one user's all-movie scores (large catalogs
         only). Useful for single-request latency with torch at one thread; a
         server gets its parallelism from concurrent requests instead.
+    name, weights
+        The run and the file its weights came from, for messages (``weights``
+        defaults to ``name``). A model with a value beyond
+        :data:`~resrec.inference.loading.MAX_WEIGHT` is refused.
     bounds
         Whether top-N may use :class:`SideBounds` (built by
         :meth:`prepare_top_n`, or by itself after a few queries). False
@@ -119,10 +125,12 @@ class Recommender:
         movies: Movies | None = None,
         noise_variance: float | None = None,
         name: str = "<memory>",
+        weights: str | None = None,
         threads: int = 1,
         bounds: bool = True,
     ) -> None:
         check_inference_model(model, name)
+        check_weight_sizes(model, weights or name)
         self.name = name
         self.kind = type(model).__name__
         self.user_map = user_map
@@ -175,6 +183,7 @@ class Recommender:
             movies=movies,
             noise_variance=_noise_variance(run.metrics),
             name=str(run.path),
+            weights=str(run.path / "weights.safetensors"),
         )
         if movies is not None:
             trained = recommender.movie_map.raw_ids[recommender.trained_movies]
@@ -188,7 +197,12 @@ class Recommender:
         self.side = _SideBranch(model.side, self.Q) if has_side else None  # type: ignore[arg-type]
         self._pairs = PairScorer(self.P, self.BU, self.Q, self.BM, self.side, self.has_biases)
         if len(self.user_map) != self.P.shape[0] or len(self.movie_map) != self.Q.shape[0]:
-            raise ModelFileError("the id maps and the model's tables have different sizes")
+            raise ModelFileError(
+                f"the id maps ({len(self.user_map):,} users, {len(self.movie_map):,} movies) "
+                f"and the model's tables ({self.P.shape[0]:,} users, {self.Q.shape[0]:,} "
+                "movies) have different sizes",
+                hint="retrain, or restore the run from a copy",
+            )
 
     def _index_training(self, train_users: np.ndarray, train_movies: np.ndarray) -> None:
         users = np.asarray(train_users, dtype=np.int64)
@@ -207,9 +221,7 @@ class Recommender:
         self._n_trained_movies = int(self._trained_movie_index.numel())
         self._untrained_penalty = np.where(self.trained_movies, 0.0, -np.inf).astype(np.float32)
         self._untrained_penalty.flags.writeable = False
-        with torch.no_grad():
-            q = self.Q[self._trained_movie_index, : self.main_dim]
-            self._unit_q = q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        self._unit_q = _unit_rows(self.Q[self._trained_movie_index, : self.main_dim])
 
     def _fit_prior(self) -> None:
         """Mean and variance of the trained users' embeddings and biases (fold-in's prior)."""

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from resrec.errors import ECHO_LIMIT, ConfigError, DataError, quoted, shorten
+from resrec.files import AtomicFile, check_input_file, output_problem
 from resrec.inference.explain import _fallback_many
 from resrec.inference.results import ScoreReport
 
@@ -63,23 +64,18 @@ def _score_csv(
             ),
         )
         report = ScoreReport()
-        partial = dst.with_name(f".{dst.name}.partial")
+        out = _open_output(dst)
         try:
-            out = _open_output(partial, dst)
-        except OSError as error:
-            raise ConfigError(f"cannot write --out {dst}: {error.strerror or error}") from None
-        try:
-            with out:
-                _score_stream(rec, reader, out, columns, lines, fallback, report, max_reported, src)
+            _score_stream(rec, reader, out, columns, lines, fallback, report, max_reported, src)
             for line, reason in lines.ready(None):
                 _report_bad(report, line, reason, max_reported)
             if fail_on_bad and report.bad:
-                partial.unlink(missing_ok=True)
+                out.discard()
                 report.written = False
             else:
-                partial.replace(dst)
+                out.commit()
         except BaseException:
-            partial.unlink(missing_ok=True)
+            out.discard()
             raise
     except (OSError, EOFError, zlib.error) as error:
         if not _is_damaged_stream(error):
@@ -217,9 +213,16 @@ def _is_damaged_stream(error: BaseException) -> bool:
     return "compress" in text or "gzip" in text or "inflate" in text
 
 
-def _open_output(partial: Path, dst: Path) -> Any:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    return open(partial, "wb")
+def _open_output(dst: Path) -> AtomicFile:
+    """A new file beside ``dst``, renamed to it when scoring is done; refuses a special ``dst``."""
+    problem = output_problem(dst, what="predictions")
+    if problem is not None:
+        raise ConfigError(f"--out {dst} {problem.message}", hint=problem.hint)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"cannot write --out {dst}: {error.strerror or error}") from None
+    return AtomicFile(dst)
 
 
 def _is_gzip(src: Path) -> bool:
@@ -230,10 +233,7 @@ def _is_gzip(src: Path) -> bool:
 
 
 def _csv_header(src: Path) -> list[str]:
-    if src.is_dir():
-        raise DataError("is a folder; expected a CSV file of user_id,movie_id pairs", path=src)
-    if not src.is_file():
-        raise DataError("no such file", path=src)
+    check_input_file(src, "a CSV file of user_id,movie_id pairs")
     _check_pairs_text(src)
     opener = gzip.open if _is_gzip(src) else open
     with opener(src, "rt", encoding="utf-8-sig", errors="replace") as f:

@@ -88,6 +88,7 @@ class _SideBranch:
         self.c1 = bias.contiguous()  # (H,)
         self.w1u = weight[:, :k].contiguous()  # (H, K)
         self.w1u_t = weight[:, :k].t().contiguous()  # (K, H)
+        self.w1m = weight[:, k:].contiguous()  # (H, K)
         self.w1m_t = weight[:, k:].t().contiguous()  # (K, H)
         self.w1m_t2 = self.w1m_t * LOG2E  # the same, for base-2 exponents
         self.c1_2 = self.c1 * LOG2E
@@ -235,6 +236,28 @@ class _SideBranch:
         elif self.kind == "relu":
             h = torch.relu(h)
         return torch.mv(h, self.w2).add_(self.c2)
+
+    # -- one user, one movie -------------------------------------------------
+
+    def user_part(self, p: Tensor) -> Tensor:
+        """``W1u . p + c1``: the user's share of every pre-activation, for :meth:`one_pair`."""
+        return torch.addmv(self.c1, self.w1u, p)
+
+    def one_pair(self, user_part: Tensor, q: Tensor) -> float:
+        """Side-branch output for one movie embedding ``q`` (K,).
+
+        ``user_part`` is :meth:`user_part` of the user. The network's own
+        operations on one pair, in shapes that do not depend on how many
+        movies are scored: every prediction shown comes from here.
+        """
+        h = torch.addmv(user_part, self.w1m, q)  # (H,)
+        if self.kind is None:
+            return float(self.rest(self.activation(h[None])).reshape(()))
+        if self.kind == "elu":
+            torch.nn.functional.elu_(h, self.alpha)
+        elif self.kind == "relu":
+            h.relu_()
+        return float(torch.dot(h, self.w2)) + self.c2
 
     # -- pairs --------------------------------------------------------------
 

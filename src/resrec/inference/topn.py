@@ -4,9 +4,11 @@ Until :meth:`Recommender.prepare_top_n` has built the :class:`SideBounds`
 (by itself after :data:`_PREPARE_AFTER` queries), every movie is scored in one
 full pass; afterwards the side branch may come from the nearest anchor user,
 within a known slack (:func:`_rough_scores`). Either way the candidates near
-the ``n``-th best are rescored one pair at a time (:func:`_select`) and
-ordered by the unclipped score, highest first, ties broken by ascending
-``movie_id``.
+the ``n``-th best are rescored exactly in one batch, and those that can be in
+the top ``n`` one pair at a time, as :meth:`Recommender.predict` scores them
+(:func:`_select`): a movie's score is the same in every list and in predict.
+They are ordered by the unclipped score, highest first, ties broken by
+ascending ``movie_id``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from torch import Tensor
 
 from resrec.errors import counted
-from resrec.inference.explain import _explanation, _user_terms
+from resrec.inference.explain import _explanation, _PairTerms, _user_terms
 from resrec.inference.results import TERMS, Estimate, Recommendation, Recommendations
 from resrec.inference.side import SideBounds
 
@@ -157,29 +159,45 @@ def _select(
     bias: float,
     slack: float = 0.0,
 ) -> tuple[np.ndarray, list[dict[str, float]]]:
-    """The top ``k`` movie indices by exact score (ties by movie_id), and their terms.
+    """The top ``k`` movie indices by their predictions (ties by movie_id), and their terms.
 
     Untrained movies and those in ``left_out`` are not ranked; at least
     ``k`` others must be. ``scores`` are within ``slack`` of the exact
-    scores (and the fast all-movies scores may differ from the exact pair
-    scores in the last float32 digits), so every movie within that margin
-    of the k-th best is rescored exactly before the final order is taken.
-    When the margin lets in too many movies, every movie is scored instead.
+    scores (and the fast all-movies scores may differ from the exact ones
+    in the last float32 digits), so every movie within that margin of the
+    k-th best is rescored in one batch. When the margin lets in too many
+    movies, every movie is scored instead. The batch may still round
+    differently from one pair at a time, so the movies that can be in the
+    top ``k`` are scored as :meth:`Recommender.predict` scores them
+    (:class:`_PairTerms`), and those values settle the order and are shown.
     """
     masked = scores + rec._untrained_penalty  # -inf for untrained movies
     masked[left_out] = -np.inf
     kth = float(torch.topk(torch.from_numpy(masked), k, sorted=False).values.min())
-    margin = 1e-3 + 1e-5 * abs(kth) + slack
-    pool = np.flatnonzero(masked >= kth - margin)
+    pool = np.flatnonzero(masked >= kth - (_rounding_margin(kth) + slack))
     if slack > 0 and pool.size > max(4 * k, masked.size // 8):
         return _select(rec, rec._all_scores(p, bias), left_out, k, p, bias)
-    arrays = _terms_arrays(rec, p, bias, pool)
-    exact = np.full(pool.size, rec.mu)
-    for name in TERMS[1:]:  # the order and precision of Explanation.raw
-        exact = exact + arrays[name].astype(np.float64)
-    order = np.lexsort((pool, -exact))[:k]  # score descending, then movie_id ascending
-    terms = [{name: float(values[i]) for name, values in arrays.items()} for i in order]
-    return pool[order], terms
+    batch = _raw(rec, _terms_arrays(rec, p, bias, pool))
+    kth = float(np.partition(batch, batch.size - k)[batch.size - k])
+    near = pool[batch >= kth - _rounding_margin(kth)]
+    pair = _PairTerms(rec, p, bias)
+    terms = [pair.movie(int(movie)) for movie in near]
+    exact = _raw(rec, {name: np.array([t[name] for t in terms]) for name in TERMS[1:]})
+    order = np.lexsort((near, -exact))[:k]  # score descending, then movie_id ascending
+    return near[order], [terms[i] for i in order]
+
+
+def _rounding_margin(score: float) -> float:
+    """More than float32 rounding can move a score near ``score`` (summation orders differ)."""
+    return 1e-3 + 1e-5 * abs(score)
+
+
+def _raw(rec: Recommender, terms: dict[str, np.ndarray]) -> np.ndarray:
+    """``mu`` plus the terms in the order and float64 precision of ``Explanation.raw``."""
+    raw = np.full(len(terms["user_bias"]), rec.mu)
+    for name in TERMS[1:]:
+        raw = raw + np.asarray(terms[name]).astype(np.float64)
+    return raw
 
 
 def _terms_arrays(

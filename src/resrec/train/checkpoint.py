@@ -3,10 +3,10 @@
 A checkpoint (``checkpoint.pt`` in a run's staging directory ``<out>.partial/``)
 holds what :meth:`resrec.train.trainer.Trainer.state_dict` returns (weights,
 optimiser state, the batch-order generator, epoch, step, history, best-epoch
-bookkeeping), the state of every other random generator of every process,
-the config and the seed of the split. Resuming from it continues the training
-exactly: on the CPU with one process, a resumed run's history and metrics are
-identical to those of an uninterrupted run.
+bookkeeping, the seconds of training so far), the state of every other random
+generator of every process, the config and the seed of the split. Resuming from
+it continues the training exactly: on the CPU with one process, a resumed run's
+history and metrics are identical to those of an uninterrupted run.
 
 The file is written with :func:`torch.save` to a temporary name, flushed to
 disk and renamed over the previous checkpoint, so a crash at any moment leaves

@@ -161,6 +161,7 @@ class Trainer:
         self.best_epoch = 0
         self.best_state: dict[str, Any] | None = None
         self.stopped = False
+        self.seconds = 0.0  # wall seconds of training so far, earlier sessions included
         self._targets = self.train.ratings - self.mu
         self._l2_scale = self._count_scale() if config.l2_count_power != 1 else None
         self.row_optimizer = self._make_row_optimizer()
@@ -494,6 +495,7 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "best_state": self.best_state,
             "stopped": self.stopped,
+            "seconds": self.seconds,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -509,6 +511,43 @@ class Trainer:
         self.best_epoch = int(state["best_epoch"])
         self.best_state = state["best_state"]
         self.stopped = bool(state["stopped"])
+        # A checkpoint written before "seconds" was kept: the epochs' own timings.
+        seconds = state.get("seconds")
+        if seconds is None:
+            seconds = sum(float(row.get("elapsed_seconds", 0.0)) for row in self.history)
+        self.seconds = float(seconds)
+
+    def adopt_patience(self) -> None:
+        """Apply ``config.early_stopping`` to a history trained under another patience.
+
+        Whether training has stopped is decided again from the history; when
+        early stopping is turned on, the current weights become the best
+        epoch's, which :func:`early_stop` must have found to be the last one.
+        """
+        stop, best = early_stop(self.history, self.config.early_stopping)
+        self.stopped = stop is not None
+        if self.config.early_stopping and self.best_state is None and best == self.epoch:
+            self.best_state = _clone_state(self.model)
+
+
+def early_stop(history: list[dict[str, float]], patience: int) -> tuple[int | None, int]:
+    """Replay early stopping with ``patience`` over ``history``: (stop epoch, best epoch).
+
+    The stop epoch is the first epoch after which :meth:`Trainer.fit` would
+    have stopped (None: it would not have stopped, or ``patience`` is 0); the
+    best epoch is that of the lowest validation RMSE up to there (the last
+    epoch without a validation split).
+    """
+    best_rmse, best_epoch = math.inf, 0
+    for row in history:
+        epoch = int(row["epoch"])
+        if "valid_rmse" not in row:
+            best_epoch = epoch
+        elif row["valid_rmse"] < best_rmse:
+            best_rmse, best_epoch = row["valid_rmse"], epoch
+        elif patience and epoch - best_epoch >= patience:
+            return epoch, best_epoch
+    return None, best_epoch
 
 
 def _grad(row: Tensor) -> Tensor:
