@@ -1,8 +1,10 @@
 """Load-test ``resrec serve`` on loopback: recommendation requests per second and latency.
 
-Starts the server as a subprocess on 127.0.0.1 (a free port), then keeps
-``--connections`` keep-alive HTTP/1.1 connections busy with
-``GET /api/users/{user_id}/recommendations?n=10`` for random users, until
+Starts the server as a subprocess on 127.0.0.1 (a free port), waits until
+every worker has started, then keeps ``--connections`` clients busy with
+``GET /api/users/{user_id}/recommendations?n=10`` for random users, each on a
+keep-alive HTTP/1.1 connection that it replaces with a new one after
+``--per-connection`` requests (100), until
 ``--requests`` have been answered or ``--seconds`` have passed (both bounded).
 Prints requests/s, latency percentiles and the number of errors (target:
 >= 500 requests/s with p99 <= 50 ms and no errors, on 2 cores).
@@ -39,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import MutableMapping
 from pathlib import Path
@@ -188,9 +191,28 @@ def free_port() -> int:
 
 
 def start(run: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
+    """Start the server; return once every worker has started and the API answers.
+
+    Waiting for every worker matters: the load generator opens its keep-alive
+    connections at once, and a worker still loading the model would get none.
+    """
     command = [sys.executable, "-m", "resrec", "-q", "serve", str(run), "--port", str(port)]
-    process = subprocess.Popen([*command, "--workers", str(workers)])
+    process = subprocess.Popen([*command, "--workers", str(workers)], stderr=subprocess.PIPE)
+    started = threading.Semaphore(0)
+
+    def relay() -> None:  # the server's log goes on to ours; count the workers started
+        assert process.stderr is not None
+        for line in process.stderr:
+            sys.stderr.buffer.write(line)
+            if b"Application startup complete" in line:
+                started.release()
+
+    threading.Thread(target=relay, daemon=True).start()
     deadline = time.monotonic() + 120
+    for _ in range(workers):
+        if not started.acquire(timeout=max(deadline - time.monotonic(), 0)):
+            process.kill()
+            sys.exit(f"{workers} server worker(s) did not start within 120 s")
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).status_code == 200:
@@ -202,32 +224,46 @@ def start(run: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
 
 
 async def connection(
-    port: int, user_ids: list[int], stop_at: float, budget: list[int], out: list[float]
+    port: int,
+    user_ids: list[int],
+    stop_at: float,
+    budget: list[int],
+    out: list[float],
+    per_connection: int,
 ) -> int:
-    """One keep-alive connection sending requests one after another; returns its errors."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    """One client: requests one after another on a keep-alive connection, opening a new
+    connection after ``per_connection`` requests; returns its errors.
+
+    Reconnecting from time to time is what many clients do, and it spreads the
+    load over the server's workers: each connection stays with the worker that
+    accepted it, and eight connections that never close can all land on one.
+    """
     errors = 0
-    try:
-        while budget[0] > 0 and time.perf_counter() < stop_at:
-            budget[0] -= 1
-            user = random.choice(user_ids)
-            request = (
-                f"GET /api/users/{user}/recommendations?n=10 HTTP/1.1\r\n"
-                f"Host: 127.0.0.1:{port}\r\n\r\n"
-            )
-            started = time.perf_counter()
-            writer.write(request.encode())
-            status_line = await reader.readline()
-            length = 0
-            while (line := await reader.readline()) not in (b"\r\n", b""):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            await reader.readexactly(length)
-            out.append(time.perf_counter() - started)
-            if b" 200 " not in status_line:
-                errors += 1
-    finally:
-        writer.close()
+    while budget[0] > 0 and time.perf_counter() < stop_at:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for _ in range(per_connection):
+                if budget[0] <= 0 or time.perf_counter() >= stop_at:
+                    break
+                budget[0] -= 1
+                user = random.choice(user_ids)
+                request = (
+                    f"GET /api/users/{user}/recommendations?n=10 HTTP/1.1\r\n"
+                    f"Host: 127.0.0.1:{port}\r\n\r\n"
+                )
+                started = time.perf_counter()
+                writer.write(request.encode())
+                status_line = await reader.readline()
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                await reader.readexactly(length)
+                out.append(time.perf_counter() - started)
+                if b" 200 " not in status_line:
+                    errors += 1
+        finally:
+            writer.close()
     return errors
 
 
@@ -239,7 +275,8 @@ async def load(
     started = time.perf_counter()
     stop_at = started + args.seconds
     tasks = [
-        connection(port, user_ids, stop_at, budget, latencies) for _ in range(args.connections)
+        connection(port, user_ids, stop_at, budget, latencies, args.per_connection)
+        for _ in range(args.connections)
     ]
     errors = sum(await asyncio.gather(*tasks))
     return latencies, errors, time.perf_counter() - started
@@ -262,6 +299,12 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=1, help="server processes")
     parser.add_argument("--connections", type=int, default=8, help="concurrent connections")
+    parser.add_argument(
+        "--per-connection",
+        type=int,
+        default=100,
+        help="requests on one connection before the client opens a new one",
+    )
     parser.add_argument("--requests", type=int, default=10_000, help="at most this many")
     parser.add_argument("--seconds", type=float, default=30.0, help="at most this long")
     parser.add_argument(
@@ -302,7 +345,8 @@ def main() -> None:
     print(f"model: {data}")
     print(
         f"{health['model']} with {health['n_users']:,} users and {health['n_movies']:,} movies; "
-        f"{args.workers} server worker(s), {args.connections} connections, {os.cpu_count()} "
+        f"{args.workers} server worker(s), {args.connections} clients ({args.per_connection} "
+        f"requests a connection), {os.cpu_count()} "
         f"CPU cores, load average {os.getloadavg()[0]:.1f}"
     )
     print(
