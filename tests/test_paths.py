@@ -435,3 +435,63 @@ def test_a_data_folder_given_as_the_run_is_not_called_incomplete(tmp_path: Path)
 def test_the_damage_test_covers_every_file_a_run_loads(served_run: Path) -> None:
     written = {p.name for p in served_run.iterdir()} - {"loss.png", "mse.png", "timings.csv"}
     assert written == set(RUN_FILES)
+
+
+# --------------------------------------------------------------------------- files inside runs
+
+
+@pytest.mark.parametrize("name", ["config.json", "new.csv"])
+def test_score_out_inside_a_run_is_refused_even_with_overwrite(
+    served_run: Path, pairs: Path, tmp_path: Path, name: str
+) -> None:
+    run = shutil.copytree(served_run, tmp_path / "run")
+    before = (run / "config.json").read_bytes()
+
+    result = _score(run, pairs, run / name, "--overwrite")
+
+    _clean_error(result, f"is inside the run directory {run}", "write the predictions outside it")
+    assert (run / "config.json").read_bytes() == before
+    assert not (run / "new.csv").exists()
+    Recommender.load(run)  # the run still loads: its checksums hold
+
+
+def test_score_out_inside_a_comparison_is_refused(
+    served_run: Path, pairs: Path, tmp_path: Path
+) -> None:
+    folder = _comparison(tmp_path / "cmp")
+
+    result = _score(served_run, pairs, folder / "compare.csv", "--overwrite")
+
+    _clean_error(result, f"is inside the comparison folder {folder}")
+    assert (folder / "compare.csv").read_text() == "model\n"
+
+
+def test_tune_out_inside_a_run_is_refused_before_the_trials(
+    served_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_trials(*args: object, **kwargs: object) -> None:
+        raise AssertionError("ran trials before checking --out")
+
+    monkeypatch.setattr("resrec.tune.tune", no_trials)
+    ratings = tmp_path / "r.csv"
+    ratings.write_text("userId,movieId,rating\n1,1,4\n")
+    out = served_run / "config.json"
+    args = ["tune", "--ratings", str(ratings), "--out", str(out), "--overwrite"]
+
+    _clean_error(runner.invoke(app, args), f"is inside the run directory {served_run}")
+
+
+def test_synth_refuses_a_linked_folder_and_a_run_folder(served_run: Path, tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.mkdir()
+    (tmp_path / "link").symlink_to(target)
+    small = ["--users", "50", "--movies", "40", "--ratings", "1500"]
+
+    result = runner.invoke(app, ["synth", "--out", str(tmp_path / "link"), *small])
+    _clean_error(result, "is a symbolic link")
+    assert list(target.iterdir()) == []
+
+    run = shutil.copytree(served_run, tmp_path / "run")
+    result = runner.invoke(app, ["synth", "--out", str(run), *small, "--overwrite"])
+    _clean_error(result, f"is inside the run directory {run}")
+    assert not (run / "ratings.csv").exists()

@@ -403,7 +403,7 @@ def check_output_folder(target: Path, *, overwrite: bool, kind: OutputKind) -> N
             f"--out must name a new folder for the {kind.noun}; got {str(target)!r}",
             hint=f"for example --out runs/my-{kind.noun}",
         )
-    _check_not_inside_output(target, kind)
+    check_not_inside_output(target, f"{kind.noun}, for example --out runs/my-{kind.noun}")
     problem = output_problem(target, folder=True)
     if problem is not None:
         raise ConfigError(f"{target} {problem.message}", hint=problem.hint)
@@ -429,8 +429,12 @@ def check_output_folder(target: Path, *, overwrite: bool, kind: OutputKind) -> N
         )
 
 
-def _check_not_inside_output(target: Path, kind: OutputKind) -> None:
-    """Refuse a ``target`` inside an existing run directory or comparison folder."""
+def check_not_inside_output(target: Path, what: str) -> None:
+    """Refuse an output ``target`` (file or folder) inside an existing run directory or
+    comparison folder, whose files resrec checks by their sha256 or replaces as a whole.
+
+    ``what`` completes the hint "write the ... outside it".
+    """
     written = Path(os.path.abspath(target)).parents
     real = target.parent.resolve()
     for folder in dict.fromkeys([*written, real, *real.parents]):
@@ -438,7 +442,7 @@ def _check_not_inside_output(target: Path, kind: OutputKind) -> None:
             if all((folder / name).is_file() for name in other.markers):
                 raise ConfigError(
                     f"--out {target} is inside the {other.label} {folder}",
-                    hint=f"write the {kind.noun} outside it, for example --out runs/my-{kind.noun}",
+                    hint=f"write the {what} outside it",
                 )
 
 

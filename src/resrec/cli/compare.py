@@ -23,7 +23,7 @@ from resrec.config import PRESETS, load_config_file
 from resrec.data.ratings import Ratings
 from resrec.errors import ConfigError, counted
 from resrec.ranking import check_threshold
-from resrec.run import check_output_folder
+from resrec.run import check_not_inside_output, check_output_folder
 
 log = logging.getLogger("resrec.cli")
 
@@ -156,6 +156,7 @@ def tune_command(
     config = resolve_config(preset_name, config_file, overrides)
     if valid_fraction is None and config.valid_fraction == 0:
         config = config.replace(valid_fraction=TUNE_VALID_FRACTION)
+    check_not_inside_output(out, "best config")
     check_output_file(out, overwrite=overwrite, what="best config")
     table = _read(ratings, dataset, layout, sep, header, columns, scale, duplicates)
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from resrec.cli.app import app
-from resrec.errors import counted
+from resrec.errors import ConfigError, counted
 
 Opt = typer.Option
 
@@ -44,7 +44,13 @@ def synth(
     ratings.csv or movies.csv is kept unless --overwrite is given.
     """
     from resrec.data.synth import write_synthetic_csv
+    from resrec.files import output_problem
+    from resrec.run import check_not_inside_output
 
+    problem = output_problem(out, folder=True)
+    if problem is not None:
+        raise ConfigError(f"--out {out} {problem.message}", hint=problem.hint)
+    check_not_inside_output(out / "ratings.csv", "synthetic ratings")
     files = write_synthetic_csv(
         out / "ratings.csv",
         n_users=users,

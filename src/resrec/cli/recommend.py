@@ -29,6 +29,7 @@ from resrec.inference import (
     SimilarMovies,
     parse_rated,
 )
+from resrec.run import check_not_inside_output
 
 Opt = typer.Option
 Arg = typer.Argument
@@ -215,6 +216,7 @@ def score(
             f"--out {out} is the --pairs file itself; it would be overwritten",
             hint="write the predictions to another file",
         )
+    check_not_inside_output(out, "predictions")
     check_output_file(out, overwrite=overwrite, what="predictions")
     rec = _load(run, None)
     report = rec.score_file(
