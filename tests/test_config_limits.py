@@ -22,6 +22,7 @@ from resrec.config import (
     TrainConfig,
     available_memory,
     check_model_memory,
+    load_config_file,
     model_memory,
     preset,
 )
@@ -554,3 +555,10 @@ def test_fit_checks_the_model_memory_before_building_it(
     with pytest.raises(ConfigError, match=r"the model needs about .* of memory to train"):
         fit(encode_ratings(ratings), preset("tutorial").replace(epochs=1))
     assert built == []  # refused before any table was allocated
+
+
+def test_a_field_given_twice_in_a_config_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "twice.json"
+    path.write_text('{"lr": 0.1, "epochs": 2, "lr": 0.2}')
+    with pytest.raises(ConfigError, match=r"'lr' is given twice \(0\.1 and 0\.2\)"):
+        load_config_file(path)

@@ -566,8 +566,20 @@ def _read_text(path: str | Path) -> str:
 
 
 def _parse_json(path: str | Path, text: str) -> Any:
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in seen:
+                raise ConfigError(
+                    f"{path}: {key!r} is given twice ({seen[key]!r} and {value!r}); "
+                    "expected each field once",
+                    hint=f"keep the {key} you mean and delete the other",
+                )
+            seen[key] = value
+        return seen
+
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})") from None
     except ValueError:  # an integer with more digits than Python converts
