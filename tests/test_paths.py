@@ -51,6 +51,20 @@ def _score(run: Path, pairs: Path, out: Path | str, *extra: str) -> Any:
     return runner.invoke(app, args)
 
 
+def _tune_without_trials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, out: Path | str
+) -> list[str]:
+    """``resrec tune --out OUT --overwrite`` arguments, with trials that fail if they run."""
+
+    def no_trials(*args: object, **kwargs: object) -> None:
+        raise AssertionError("ran trials before checking --out")
+
+    monkeypatch.setattr("resrec.tune.tune", no_trials)
+    ratings = tmp_path / "r.csv"
+    ratings.write_text("userId,movieId,rating\n1,1,4\n")
+    return ["tune", "--ratings", str(ratings), "--out", str(out), "--overwrite"]
+
+
 # --------------------------------------------------------------------------- special outputs
 
 
@@ -94,13 +108,7 @@ def test_score_never_replaces_a_named_pipe(served_run: Path, pairs: Path, tmp_pa
 def test_tune_refuses_a_device_out_before_the_trials(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def no_trials(*args: object, **kwargs: object) -> None:
-        raise AssertionError("ran trials before checking --out")
-
-    monkeypatch.setattr("resrec.tune.tune", no_trials)
-    ratings = tmp_path / "r.csv"
-    ratings.write_text("userId,movieId,rating\n1,1,4\n")
-    args = ["tune", "--ratings", str(ratings), "--out", "/dev/full", "--overwrite"]
+    args = _tune_without_trials(tmp_path, monkeypatch, "/dev/full")
 
     _clean_error(runner.invoke(app, args), "--out /dev/full is a character device")
     assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
@@ -469,14 +477,7 @@ def test_score_out_inside_a_comparison_is_refused(
 def test_tune_out_inside_a_run_is_refused_before_the_trials(
     served_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def no_trials(*args: object, **kwargs: object) -> None:
-        raise AssertionError("ran trials before checking --out")
-
-    monkeypatch.setattr("resrec.tune.tune", no_trials)
-    ratings = tmp_path / "r.csv"
-    ratings.write_text("userId,movieId,rating\n1,1,4\n")
-    out = served_run / "config.json"
-    args = ["tune", "--ratings", str(ratings), "--out", str(out), "--overwrite"]
+    args = _tune_without_trials(tmp_path, monkeypatch, served_run / "config.json")
 
     _clean_error(runner.invoke(app, args), f"is inside the run directory {served_run}")
 

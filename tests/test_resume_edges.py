@@ -70,7 +70,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-# -- fault 1: options that change on resume ----------------------------------------
+# -- options that change on resume ----------------------------------------
 
 
 def test_resume_refuses_fewer_epochs_than_already_trained(
@@ -190,7 +190,7 @@ def test_side_epochs_may_change_on_resume(small_ratings: Ratings, tmp_path: Path
     assert len(resumed.history) == 2 + 3
 
 
-# -- fault 2: the training time of a resumed run -------------------------------------
+# -- the training time of a resumed run -------------------------------------
 
 
 def test_resumed_train_seconds_include_the_epochs_before_the_interruption(
@@ -227,7 +227,7 @@ def test_a_checkpoint_without_seconds_counts_its_epochs_timings(
     )
 
 
-# -- fault 3: a partial run without a checkpoint -----------------------------------------
+# -- a partial run without a checkpoint -----------------------------------------
 
 
 def test_resume_without_a_checkpoint_is_an_error_not_a_new_training(
@@ -248,7 +248,7 @@ def test_resume_without_a_checkpoint_is_an_error_not_a_new_training(
     assert not (tmp_path / "run.partial").exists()
 
 
-# -- fault 4: reading options compared after resolution -----------------------------------
+# -- reading options compared after resolution -----------------------------------
 
 
 def test_resume_accepts_the_layout_and_scale_that_auto_resolved_to(
@@ -284,7 +284,7 @@ def test_resume_accepts_a_guessed_option_given_with_its_guessed_value(
     assert result.exit_code == 0, result.output
 
 
-# -- fault 5: --resume with --overwrite --------------------------------------------------
+# -- --resume with --overwrite --------------------------------------------------
 
 
 def test_resume_with_overwrite_is_refused(
@@ -300,7 +300,7 @@ def test_resume_with_overwrite_is_refused(
     assert load_checkpoint(tmp_path / "run.partial" / "checkpoint.pt")["trainer"]["epoch"] == 2
 
 
-# -- fault 6: empty parts of the split --------------------------------------------------
+# -- empty parts of the split --------------------------------------------------
 
 
 def _train(ratings: Path, out: Path, *extra: str) -> Any:
